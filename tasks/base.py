@@ -1,0 +1,123 @@
+"""Task protocol shared by MBPP, NL2F and NL2Bash.
+
+A task owns its data loader, its prompt template (data files under ``tasks/<name>/``), the rendering of
+one instance's question and answer, the extraction of an answer from model output, and its metric.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One example of a task: its id, split, rendered question, gold answer and task-specific fields."""
+
+    id: str
+    split: str
+    query: str
+    reference: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Template:
+    """The recurring part of a prompt: an instruction (role, rules, output format) and API documents."""
+
+    instruction: str
+    documents: str
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(part for part in (self.instruction, self.documents) if part)
+
+
+@dataclass
+class TaskScore:
+    """A task metric: aggregate numbers, per-instance rows and an optional reproducibility signature."""
+
+    task: str
+    metrics: dict[str, float]
+    per_instance: list[dict[str, Any]]
+    primary: str
+    signature: str | None = None
+
+    @property
+    def value(self) -> float:
+        return self.metrics[self.primary]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "primary": self.primary,
+            "metrics": self.metrics,
+            "signature": self.signature,
+            "n": len(self.per_instance),
+        }
+
+
+class Task(ABC):
+    """Base class; subclasses set ``name`` and implement loading, extraction and scoring."""
+
+    name: str = ""
+    display_name: str = ""
+    splits: tuple[str, ...] = ("train", "validation", "test")
+    primary_metric: str = ""
+    max_new_tokens: int = 256
+    #: The paper's example counts per stage for this task (k for the full-prompt stage first).
+    paper_shots: tuple[int, ...] = (10, 5, 0)
+
+    @property
+    def directory(self) -> Path:
+        return Path(__file__).resolve().parent / self.name
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        path = self.directory / "template.yaml"
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+
+    # -- data -------------------------------------------------------------------------------------
+    @abstractmethod
+    def load(self, split: str) -> list[Instance]:
+        """All instances of ``split`` from the data root."""
+
+    def check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise ValueError(f"task {self.name!r} has no split {split!r}; choose from {', '.join(self.splits)}")
+
+    # -- prompt parts -----------------------------------------------------------------------------
+    def template(self) -> Template:
+        """The task's full template, read from ``template.yaml`` and its documents file."""
+        from promptintern.tasks.documents import render_documents
+
+        cfg = self.config
+        docs = cfg.get("documents") or {}
+        documents = ""
+        if docs:
+            documents = render_documents(self.directory / docs["file"], docs.get("header", ""))
+        return Template(instruction=cfg["instruction"].strip(), documents=documents)
+
+    def format_answer(self, reference: str) -> str:
+        """The assistant turn for a gold answer, as the model should produce it."""
+        return self.config.get("answer_format", "{answer}").format(answer=reference.strip())
+
+    def format_example(self, index: int, instance: Instance) -> str:
+        """One ``## Example i`` block holding a training instance's question and answer."""
+        return f"## Example {index}\n{instance.query}\n{self.format_answer(instance.reference)}"
+
+    # -- evaluation -------------------------------------------------------------------------------
+    @abstractmethod
+    def extract(self, output: str) -> str:
+        """The answer contained in raw model output."""
+
+    @abstractmethod
+    def score(self, instances: Sequence[Instance], predictions: Mapping[str, str], **options: Any) -> TaskScore:
+        """Score predictions (already extracted) against ``instances``; ids must match."""
