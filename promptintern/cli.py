@@ -1,0 +1,220 @@
+"""The ``promptintern`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from promptintern.tasks import TASK_NAMES, get_task
+
+app = typer.Typer(help="PromptIntern reproducibility suite.", no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Datasets: statistics and download.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+
+def _mount_sandbox() -> None:
+    from promptintern.sandbox.cli import app as sandbox_app
+
+    app.add_typer(sandbox_app, name="sandbox", help="Sandbox for untrusted code: self test.")
+
+
+def _emit(obj, as_json: bool, table: Table | None = None) -> None:
+    if as_json or table is None:
+        typer.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+    else:
+        Console().print(table)
+
+
+def _task_option() -> str:
+    return typer.Option(..., "--task", "-t", help=f"One of: {', '.join(TASK_NAMES)}")
+
+
+@data_app.command("stats")
+def data_stats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Number of examples per task and split."""
+    stats = {}
+    for name in TASK_NAMES:
+        task = get_task(name)
+        stats[name] = {split: len(task.load(split)) for split in task.splits}
+    table = Table("task", "split", "examples", title="Dataset statistics")
+    for name, splits in stats.items():
+        for split, n in splits.items():
+            table.add_row(get_task(name).display_name, split, str(n))
+    _emit(stats, as_json, table)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Datasets to fetch (default: all)."),
+    mirror: str | None = typer.Option(None, help="Base URL laid out as <mirror>/<dataset>/<file>."),
+    dest: Path | None = typer.Option(None, help="Target root (default: the user data cache)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Download datasets from their public sources (or a mirror), verifying sha256."""
+    from rich.progress import Progress
+
+    from promptintern.fetch import fetch, file_specs
+    from promptintern.paths import fetched_data_dir
+
+    dest = dest or fetched_data_dir()
+    specs = file_specs(dataset or None)
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("fetching", total=len(specs))
+        report = fetch(dest, dataset or None, mirror, on_file=lambda spec, status: progress.advance(bar))
+    report["dest"] = str(dest)
+    _emit(report, as_json)
+    if report["skipped"]:
+        console.print(
+            f"[yellow]{len(report['skipped'])} file(s) have no public URL; pass --mirror to fetch them."
+        )
+
+
+@app.command("eval")
+def eval_cmd(
+    task_name: str = _task_option(),
+    split: str = typer.Option("test", help="Split to score."),
+    predictions: Path | None = typer.Option(None, "--predictions", "-p", help="Predictions JSONL."),
+    oracle: bool = typer.Option(False, "--oracle", help="Score the dataset's own references."),
+    extract: bool = typer.Option(
+        False, "--extract", help="Apply the task's answer extractor to predictions."
+    ),
+    partial: bool = typer.Option(False, "--partial", help="Score only the ids present in the file."),
+    sandbox: str = typer.Option("bwrap", help="MBPP execution backend: bwrap or docker."),
+    unsafe_no_sandbox: bool = typer.Option(
+        False, "--unsafe-no-sandbox", help="Run MBPP code without isolation."
+    ),
+    workers: int | None = typer.Option(None, help="Parallel MBPP executions."),
+    out: Path | None = typer.Option(None, help="Write per-instance rows as JSONL here."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Score predictions (or the references with --oracle) on a split."""
+    from promptintern.evaluate import evaluate, failures, load_predictions, oracle_predictions
+    from promptintern.predictions import PredictionsError, write_jsonl
+
+    if oracle == (predictions is not None):
+        raise typer.BadParameter("give exactly one of --predictions FILE or --oracle")
+    task = get_task(task_name)
+    task.check_split(split)
+    try:
+        preds = (
+            oracle_predictions(task, split)
+            if oracle
+            else load_predictions(task, split, predictions, extract=extract, partial=partial)
+        )
+    except PredictionsError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(2) from None
+    backend = "subprocess" if unsafe_no_sandbox else sandbox
+    score = evaluate(
+        task,
+        split,
+        preds,
+        partial=partial and not oracle,
+        backend=backend,
+        unsafe=unsafe_no_sandbox,
+        workers=workers,
+    )
+    if out:
+        write_jsonl(out, score.per_instance)
+    result = score.to_dict() | {"split": split, "oracle": oracle}
+    if oracle:
+        result["failures"] = failures(score)
+    table = Table("metric", "value", title=f"{task.display_name} / {split}" + (" (oracle)" if oracle else ""))
+    for key, val in score.metrics.items():
+        table.add_row(key, f"{val:.2f}")
+    _emit(result, as_json, table)
+
+
+@app.command("prompt")
+def prompt_cmd(
+    task_name: str = _task_option(),
+    instance_id: str = typer.Option(..., "--id", help="Instance id."),
+    split: str = typer.Option("test"),
+    template: bool = typer.Option(True, "--template/--query-only", help="Include the full template."),
+    model: str | None = typer.Option(None, help="Render with this model's chat template (e.g. embedded)."),
+) -> None:
+    """Print one instance's rendered prompt."""
+    from promptintern.prompt import build_prompt
+
+    task = get_task(task_name)
+    found = [i for i in task.load(split) if i.id == instance_id]
+    if not found:
+        raise typer.BadParameter(f"no instance {instance_id!r} in {task_name}/{split}")
+    prompt = build_prompt(task, found[0], task.template() if template else None)
+    tokenizer = None
+    if model:
+        from promptintern.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+    typer.echo(prompt.render(tokenizer))
+
+
+@app.command("generate")
+def generate_cmd(
+    task_name: str = _task_option(),
+    split: str = typer.Option("test"),
+    model: str = typer.Option("embedded", help="'embedded', a HF id or a local path."),
+    template: bool = typer.Option(True, "--template/--query-only", help="Prepend the full template."),
+    limit: int | None = typer.Option(None, help="First N instances only."),
+    batch_size: int = typer.Option(1, help="Greedy decoding batch size."),
+    max_new_tokens: int | None = typer.Option(None, help="Default: the task's setting."),
+    out: Path = typer.Option(..., help="Predictions JSONL to write."),
+) -> None:
+    """Greedy-decode a split with a model and write a predictions file (raw output + extracted answer)."""
+    from tqdm import tqdm
+
+    from promptintern.generate import generate
+    from promptintern.models import load_model, load_tokenizer
+    from promptintern.predictions import write_jsonl
+    from promptintern.prompt import build_prompt
+
+    task = get_task(task_name)
+    instances = task.load(split)[:limit]
+    tok = load_tokenizer(model)
+    lm = load_model(model)
+    tmpl = task.template() if template else None
+    rendered = [build_prompt(task, inst, tmpl).render(tok) for inst in instances]
+    gens = generate(
+        lm, tok, rendered, max_new_tokens=max_new_tokens or task.max_new_tokens, batch_size=batch_size
+    )
+    records = []
+    for inst, gen in tqdm(
+        zip(instances, gens, strict=True), total=len(instances), desc=f"generate {task_name}"
+    ):
+        records.append(
+            {
+                "task_id": inst.id,
+                "prediction": task.extract(gen.text),
+                "output": gen.text,
+                "input_tokens": gen.input_tokens,
+                "output_tokens": gen.output_tokens,
+                "latency_s": round(gen.latency_s, 4),
+            }
+        )
+    write_jsonl(out, records)
+    console.print(f"wrote {len(records)} predictions to {out}")
+
+
+def main() -> None:
+    _mount_sandbox()
+    try:
+        app()
+    except Exception as exc:  # user-facing errors: one clear line, non-zero exit
+        from promptintern.fetch import FetchError
+        from promptintern.models import ModelNotFoundError
+        from promptintern.paths import DataNotFoundError
+
+        if isinstance(exc, (FetchError, ModelNotFoundError, DataNotFoundError, ValueError)):
+            console.print(f"[red]error:[/red] {exc}")
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

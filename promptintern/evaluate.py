@@ -1,0 +1,49 @@
+"""Score a predictions file (or the dataset's own references, ``oracle``) with a task's metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from promptintern.predictions import read_predictions
+from promptintern.tasks import Task, TaskScore
+
+
+def load_predictions(
+    task: Task, split: str, path: str | Path, *, extract: bool = False, partial: bool = False
+) -> dict[str, str]:
+    """Validated ``{id: prediction}`` for ``split``.
+
+    ``extract`` applies the task's answer extractor; ``partial`` accepts a file covering only some ids.
+    """
+    records = read_predictions(path, task.load(split), allow_missing=partial)
+    return {tid: task.extract(r.prediction) if extract else r.prediction for tid, r in records.items()}
+
+
+def oracle_predictions(task: Task, split: str) -> dict[str, str]:
+    """The split's gold answers, keyed by id."""
+    return {inst.id: inst.reference for inst in task.load(split)}
+
+
+def evaluate(
+    task: Task, split: str, predictions: dict[str, str], *, partial: bool = False, **options: Any
+) -> TaskScore:
+    """Score ``predictions`` (``{id: answer}``) on ``split`` (only the predicted ids when ``partial``)."""
+    instances = task.load(split)
+    if partial:
+        instances = [i for i in instances if i.id in predictions]
+    return task.score(instances, predictions, **options)
+
+
+def failures(score: TaskScore) -> list[dict[str, Any]]:
+    """Per-instance rows that did not get full marks (pass, EM or BLEU 100)."""
+    keys = ("passed", "em", "sentence_bleu")
+    out = []
+    for row in score.per_instance:
+        for key in keys:
+            if key in row:
+                ok = row[key] is True or (not isinstance(row[key], bool) and row[key] >= 100.0)
+                if not ok:
+                    out.append(row)
+                break
+    return out

@@ -1,0 +1,59 @@
+"""Greedy generation with HF causal LMs: batched, left-padded, stop strings, per-instance latency."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+
+@dataclass
+class Generation:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    latency_s: float
+
+
+def _truncate(text: str, stop: Sequence[str]) -> str:
+    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+    return text[:cut] if cut >= 0 else text
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 1,
+    stop: Sequence[str] = (),
+) -> Iterator[Generation]:
+    """Yield one greedy :class:`Generation` per rendered prompt, in order.
+
+    Prompts are already rendered (chat template applied), so no special tokens are added. Latency is
+    the batch's wall time divided by its size (exact per-instance latency with ``batch_size=1``).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        batch = list(prompts[start : start + batch_size])
+        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                stop_strings=list(stop) or None,
+                tokenizer=tokenizer if stop else None,
+            )
+        elapsed = (time.perf_counter() - t0) / len(batch)
+        width = enc["input_ids"].shape[1]
+        for row, mask in zip(out, enc["attention_mask"], strict=True):
+            new = row[width:]
+            new = new[new != tokenizer.pad_token_id] if tokenizer.pad_token_id is not None else new
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            yield Generation(_truncate(text, stop), int(mask.sum()), int(new.numel()), elapsed)
