@@ -1,0 +1,178 @@
+"""NL2F: natural language + spreadsheet table -> Excel formula.
+
+Two sources: ``spider`` (default) builds NL2F-Spider from the Spider dev set (:mod:`.spider`);
+``nl2formula`` reads the official NL2Formula release (:mod:`.nl2formula`) from ``path`` or
+``$PROMPTINTERN_NL2FORMULA``.  The metric is NL2Formula's exact match (:mod:`.metric`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from promptintern.tasks.base import Instance, Task, TaskScore
+from promptintern.tasks.nl2f import metric, nl2formula, spider
+from promptintern.tasks.nl2f.table import DEFAULT_TABLE_ROWS, data_rows, render_query
+
+SOURCES = ("spider", "nl2formula")
+
+_TAG = re.compile(r"\[FORMULA\](.*?)(?:\[/FORMULA\]|$)", re.S | re.I)
+_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|$)", re.S)
+_CALL = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*\s*\(")
+_EMBEDDED_EQ = re.compile(r"(?:^|(?<=[\s:`'\"]))=\s*(?:[A-Za-z][A-Za-z0-9_.]*\s*\(|\$?[A-Za-z]{1,3}\$?\d)")
+_EMBEDDED_CALL = re.compile(r"\b[A-Z][A-Z0-9.]*\(")
+_LABEL = re.compile(r"^(?:excel\s+)?formula\s*:\s*", re.I)
+
+
+def _depth(text: str) -> int:
+    """Open-parenthesis count outside string literals."""
+    depth, quoted = 0, False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted:
+            depth += (ch == "(") - (ch == ")")
+    return depth
+
+
+def _pick_line(text: str) -> str:
+    """The formula in a block of text: the first formula-looking line, completed while parens are open."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    found = None
+    for test in (
+        lambda s: s if s.startswith("=") else None,
+        lambda s: s if _CALL.match(_LABEL.sub("", s)) else None,
+        lambda s: s[m.start() :] if (m := _EMBEDDED_EQ.search(s)) else None,
+        lambda s: s[m.start() :] if (m := _EMBEDDED_CALL.search(s)) else None,
+    ):
+        found = next(((i, hit) for i, s in enumerate(lines) if (hit := test(s)) is not None), None)
+        if found:
+            break
+    index, formula = found or (0, lines[0])
+    for extra in lines[index + 1 :]:
+        if _depth(formula) <= 0:
+            break
+        formula += extra
+    return _cut_prose(formula)
+
+
+def _cut_prose(text: str) -> str:
+    """Drop words that follow a complete leading function call, as in ``=SUM(D1) which adds ...``."""
+    start = len(text) - len(text.lstrip("= "))
+    if not _CALL.match(text[start:]):
+        return text
+    depth, quoted = 0, False
+    for i, ch in enumerate(text[start:], start):
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch in "()":
+            depth += 1 if ch == "(" else -1
+            if depth == 0:
+                rest = text[i + 1 :]
+                return text[: i + 1] if re.match(r"\s+[A-Za-z]", rest) else text
+    return text
+
+
+def extract_formula(output: str) -> str:
+    """The formula in raw model output: ``[FORMULA]`` tags, else a code fence, else the formula line."""
+    text = output.strip()
+    if m := _TAG.search(text):
+        text = m.group(1)
+    elif m := _FENCE.search(text):
+        text = m.group(1)
+    formula = _LABEL.sub("", _pick_line(text)).strip().strip("`").strip()
+    formula = formula.lstrip("=").strip()
+    if formula.endswith((").", ");")):
+        formula = formula[:-1]
+    return formula
+
+
+class NL2FTask(Task):
+    """NL2F with NL2F-Spider (default) or the official NL2Formula release as data."""
+
+    name = "nl2f"
+    display_name = "NL2F-Spider"
+    primary_metric = "em"
+    max_new_tokens = 128
+    paper_shots = (10, 5, 0)
+
+    def __init__(
+        self,
+        source: str = "spider",
+        path: str | os.PathLike | None = None,
+        table_rows: int | None = DEFAULT_TABLE_ROWS,
+        seed: int = spider.SEED,
+    ):
+        if source not in SOURCES:
+            raise ValueError(f"unknown NL2F source {source!r}; choose from {', '.join(SOURCES)}")
+        if table_rows is not None and (not isinstance(table_rows, int) or table_rows < 0):
+            raise ValueError(f"table_rows must be a non-negative integer or None, got {table_rows!r}")
+        if path is not None and source != "nl2formula":
+            raise ValueError("path is only used with source='nl2formula'")
+        self.source = source
+        self.path = path
+        self.table_rows = table_rows
+        self.seed = seed
+        self.display_name = "NL2F-Spider" if source == "spider" else "NL2F (NL2Formula)"
+        self._spider: dict[str, Any] | None = None
+
+    # -- data -------------------------------------------------------------------------------------
+    def load(self, split: str) -> list[Instance]:
+        self.check_split(split)
+        if self.source == "nl2formula":
+            return [self._from_record(r, split) for r in nl2formula.load_split(split, self.path)]
+        if self._spider is None:
+            self._spider = spider.load_dataset(self.seed)
+        tables = self._spider["tables"]
+        out = []
+        for r in self._spider["instances"]:
+            if r["split"] != split:
+                continue
+            grid = tables[f"{r['db_id']}/{r['table']}"]
+            meta = {
+                "source": "spider",
+                "db_id": r["db_id"],
+                "table": r["table"],
+                "kind": r["kind"],
+                "sql": r["query"],
+                "dev_index": r["dev_index"],
+                "group": r["group"],
+                "n_rows": data_rows(grid),
+            }
+            out.append(
+                Instance(
+                    r["id"],
+                    split,
+                    render_query(r["question"], grid, self.table_rows, r["table"]),
+                    r["formula"],
+                    meta,
+                )
+            )
+        return out
+
+    def _from_record(self, r: nl2formula.Record, split: str) -> Instance:
+        meta = {
+            "source": "nl2formula",
+            "db_id": None,
+            "table": r.table_name,
+            "level": r.level,
+            "n_rows": data_rows(r.grid),
+        }
+        query = render_query(r.question, r.grid, self.table_rows, r.table_name)
+        return Instance(r.id, split, query, r.formula, meta)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def extract(self, output: str) -> str:
+        return extract_formula(output)
+
+    def score(
+        self, instances: Sequence[Instance], predictions: Mapping[str, str], **options: Any
+    ) -> TaskScore:
+        return metric.exact_match(instances, predictions, task=self.name)
+
+
+__all__ = ["NL2FTask", "extract_formula"]
