@@ -91,7 +91,9 @@ class Task(ABC):
 
     def check_split(self, split: str) -> None:
         if split not in self.splits:
-            raise ValueError(f"task {self.name!r} has no split {split!r}; choose from {', '.join(self.splits)}")
+            raise ValueError(
+                f"task {self.name!r} has no split {split!r}; choose from {', '.join(self.splits)}"
+            )
 
     # -- prompt parts -----------------------------------------------------------------------------
     def template(self) -> Template:
@@ -119,5 +121,7 @@ class Task(ABC):
         """The answer contained in raw model output."""
 
     @abstractmethod
-    def score(self, instances: Sequence[Instance], predictions: Mapping[str, str], **options: Any) -> TaskScore:
+    def score(
+        self, instances: Sequence[Instance], predictions: Mapping[str, str], **options: Any
+    ) -> TaskScore:
         """Score predictions (already extracted) against ``instances``; ids must match."""

@@ -26,5 +26,7 @@ def render_documents(path: Path, header: str) -> str:
     """The documents block: a header line, then one ``<API Doc i>`` entry per function/utility."""
     lines = [header.strip()] if header.strip() else []
     for i, e in enumerate(load_documents(path), 1):
-        lines.append(f"<API Doc {i}> {e['signature'].strip()}: {e['meaning'].strip()} Example: {e['example'].strip()}")
+        lines.append(
+            f"<API Doc {i}> {e['signature'].strip()}: {e['meaning'].strip()} Example: {e['example'].strip()}"
+        )
     return "\n".join(lines)

@@ -31,7 +31,11 @@ def build_tiny_tokenizer():
     raw.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     raw.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=raw, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>", bos_token="<|im_start|>"
+        tokenizer_object=raw,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
     )
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.chat_template = CHAT_TEMPLATE

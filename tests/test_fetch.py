@@ -36,7 +36,12 @@ def test_fetch_downloads_and_verifies(mirror, tmp_path):
     url, _ = mirror
     dest = tmp_path / "dest"
     report = fetch(dest, ["mbpp", "nl2bash"], mirror=url)
-    assert sorted(report["fetched"]) == ["mbpp/mbpp.jsonl", "nl2bash/all.cm", "nl2bash/all.nl", "nl2bash/random_tokens.txt"]
+    assert sorted(report["fetched"]) == [
+        "mbpp/mbpp.jsonl",
+        "nl2bash/all.cm",
+        "nl2bash/all.nl",
+        "nl2bash/random_tokens.txt",
+    ]
     assert (dest / "mbpp" / "mbpp.jsonl").read_bytes() == data_file("mbpp", "mbpp.jsonl").read_bytes()
     again = fetch(dest, ["mbpp"], mirror=url)
     assert again == {"fetched": [], "present": ["mbpp/mbpp.jsonl"], "skipped": []}

