@@ -77,3 +77,7 @@ def _print_report(report: dict) -> None:
     console.print(f"leftover processes: {report['leftover_processes'] or 'none'}; "
                   f"canary alive: {report['canary_alive']}; {report['duration_s']}s")
     console.print("[bold green]OK[/]" if report["ok"] else "[bold red]NOT OK[/]")
+
+
+if __name__ == "__main__":
+    app()
