@@ -99,6 +99,9 @@ class MBPPTask(Task):
             }
             for o in outcomes
         ]
+        broken = [o for o in outcomes if o.status == "error"]
+        if broken:  # the sandbox failed to start: not a verdict on the candidate
+            raise RuntimeError(f"sandbox error on {len(broken)} candidate(s), e.g. {broken[0].task_id}: {broken[0].detail}")
         passed = sum(o.passed for o in outcomes)
         n = len(outcomes)
         metrics = {"pass@1": 100.0 * passed / n if n else 0.0, "passed": float(passed), "n": float(n)}

@@ -19,7 +19,7 @@ from promptintern.sandbox import Backend, ExecResult, Limits, get_backend
 
 #: Defaults for MBPP.  All 500 test-split references pass even at 3 processes, 200 MB and 16 fds; the
 #: slowest (task 123) needs about 4.5 s.
-MBPP_LIMITS = Limits(cpu_s=10, wall_s=10, memory_mb=1024, nproc=32, fsize_mb=10, nofile=64, output_bytes=64 * 1024)
+MBPP_LIMITS = Limits(cpu_s=10, wall_s=20, memory_mb=1024, nproc=32, fsize_mb=10, nofile=64, output_bytes=64 * 1024)
 
 Job = tuple[str, str, str, Sequence[str]]
 
