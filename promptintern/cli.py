@@ -108,7 +108,7 @@ def eval_cmd(
             else load_predictions(task, split, predictions, extract=extract, partial=partial)
         )
     except PredictionsError as exc:
-        console.print(f"[red]{exc}")
+        typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     backend = "subprocess" if unsafe_no_sandbox else sandbox
     score = evaluate(
@@ -211,7 +211,7 @@ def main() -> None:
         from promptintern.paths import DataNotFoundError
 
         if isinstance(exc, (FetchError, ModelNotFoundError, DataNotFoundError, ValueError)):
-            console.print(f"[red]error:[/red] {exc}")
+            typer.echo(f"error: {exc}", err=True)
             sys.exit(2)
         raise
 

@@ -35,15 +35,17 @@ def evaluate(
     return task.score(instances, predictions, **options)
 
 
+#: Per-instance keys and the value a fully correct row has (MBPP pass, NL2F EM on 0/1, NL2Bash BLEU 0-100).
+PERFECT = {"passed": True, "em": 1.0, "sentence_bleu": 100.0}
+
+
 def failures(score: TaskScore) -> list[dict[str, Any]]:
-    """Per-instance rows that did not get full marks (pass, EM or BLEU 100)."""
-    keys = ("passed", "em", "sentence_bleu")
+    """Per-instance rows that did not get full marks."""
     out = []
     for row in score.per_instance:
-        for key in keys:
-            if key in row:
-                ok = row[key] is True or (not isinstance(row[key], bool) and row[key] >= 100.0)
-                if not ok:
-                    out.append(row)
-                break
+        key = next(k for k in PERFECT if k in row)
+        if row[key] != PERFECT[key] and not (
+            isinstance(row[key], float) and abs(row[key] - PERFECT[key]) < 1e-9
+        ):
+            out.append(row)
     return out
