@@ -1,0 +1,454 @@
+"""Progressive LoRA fine-tuning (PromptIntern): one adapter, trained stage after stage on shorter prompts.
+
+Layout of ``output_dir``::
+
+    config.json               run fingerprint: the config (minus output_dir) and a hash per stage dataset
+    stage-{i}/checkpoint-*    Trainer checkpoints (adapter, optimizer, scheduler, RNG and trainer state)
+    stage-{i}/adapter/        the adapter at the end of stage i (``save_pretrained``)
+    stage-{i}/metrics.json    examples, prompt/answer tokens, loss, steps, wall time
+    stage-{i}/DONE            written last: the stage is finished
+    adapter/                  the final adapter (a copy of the last stage's)
+
+Stage 1 creates the LoRA adapter (seeded); stage i>1 loads stage i-1's adapter as trainable and continues
+it. Each stage is a fresh ``Trainer``, so the optimizer (AdamW) and the LR schedule (linear decay over the
+stage by default) restart at every stage, the usual practice for sequential fine-tuning passes. Stage i runs with
+``seed + i - 1`` (dropout and data order differ between stages but are fixed by the config).
+
+Resume: rerunning with the same config and stages skips stages with ``DONE`` and resumes an unfinished one
+from its last complete checkpoint; the Trainer restores the adapter, optimizer, scheduler, the position in
+the (seeded) data order and the RNG states, so a killed-and-resumed run ends with the same adapter as an
+uninterrupted one. A different config or dataset is refused (:class:`ConfigMismatchError`).
+
+Multi-GPU: the ``Trainer`` is accelerate-aware, so launching any entry point that calls
+:func:`train_progressive` with ``accelerate launch`` (or ``torchrun``) trains data-parallel; only the main
+process writes files. ``device``/``dtype``: cpu or cuda (pick GPUs with ``CUDA_VISIBLE_DEVICES``);
+bf16 weights and autocast on cuda by default, float32 on cpu; LoRA weights stay float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from promptintern.collate import PadCollator, encode, end_of_turn
+from promptintern.models import load_model, load_tokenizer
+from promptintern.prompt import Prompt
+
+log = logging.getLogger(__name__)
+
+DONE = "DONE"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    """One training instance at one stage: the stage's prompt and the assistant answer."""
+
+    id: str
+    prompt: Prompt
+    answer: str
+
+
+@dataclass
+class TrainConfig:
+    """LoRA and Trainer settings shared by all stages (every field but ``output_dir`` is fingerprinted)."""
+
+    model: str
+    output_dir: Path
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    learning_rate: float = 2e-4
+    epochs_per_stage: float = 1.0
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_length: int = 4096
+    save_steps: int = 200
+    seed: int = 0
+    device: str | None = None
+    dtype: str | None = None
+    lr_scheduler_type: str = "linear"
+    save_total_limit: int | None = 2
+    logging_steps: int = 10
+
+
+class ConfigMismatchError(RuntimeError):
+    """Raised when ``output_dir`` holds a run made with another config or other stage data."""
+
+
+# ---------------------------------------------------------------- fingerprint
+
+
+def _sha256(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _config_dict(config: TrainConfig) -> dict:
+    cfg = asdict(config)
+    cfg.pop("output_dir")
+    cfg["target_modules"] = list(cfg["target_modules"])
+    return cfg
+
+
+def _stage_hash(examples: Sequence[TrainExample]) -> str:
+    return _sha256([[ex.id, asdict(ex.prompt), ex.answer] for ex in examples])
+
+
+def fingerprint(stages: Sequence[Sequence[TrainExample]], config: TrainConfig) -> dict:
+    """What a resumable run must share with the run recorded in ``output_dir/config.json``."""
+    cfg = _config_dict(config)
+    return {
+        "config": cfg,
+        "config_sha256": _sha256(cfg),
+        "stages": [{"examples": len(s), "sha256": _stage_hash(s)} for s in stages],
+    }
+
+
+def _check_or_record(out: Path, current: dict) -> None:
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        if any(out.glob("stage-*")):
+            raise ConfigMismatchError(
+                f"{out} holds stage folders but no {CONFIG_FILE}; use a fresh output_dir"
+            )
+        if _is_main():
+            _write_json(path, current)
+        return
+    recorded = json.loads(path.read_text())
+    if (
+        recorded.get("config_sha256") == current["config_sha256"]
+        and recorded.get("stages") == current["stages"]
+    ):
+        return
+    old, new = recorded.get("config", {}), current["config"]
+    diffs = [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+    old_stages, new_stages = recorded.get("stages", []), current["stages"]
+    if len(old_stages) != len(new_stages):
+        diffs.append(f"number of stages: {len(old_stages)} -> {len(new_stages)}")
+    diffs += [
+        f"stage {i} dataset differs"
+        for i, (a, b) in enumerate(zip(old_stages, new_stages, strict=False), 1)
+        if a != b
+    ]
+    raise ConfigMismatchError(
+        f"refusing to resume {out}: it was trained with another config or data ({'; '.join(diffs)}). "
+        "Use a new output_dir or delete the old run."
+    )
+
+
+# ---------------------------------------------------------------- files and processes
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing it (the old copy is gone only once the new one is complete)."""
+    old = dst.with_name(f".{dst.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def last_checkpoint(stage_dir: Path) -> Path | None:
+    """The newest complete ``checkpoint-*`` (``trainer_state.json`` is written last by the Trainer)."""
+    found = []
+    for path in stage_dir.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and (path / "trainer_state.json").is_file():
+            found.append((int(step), path))
+    return max(found)[1] if found else None
+
+
+# ---------------------------------------------------------------- training
+
+
+def _device(config: TrainConfig) -> str:
+    import torch
+
+    if config.device:
+        return config.device
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+def _dtype(config: TrainConfig, device: str) -> str:
+    return config.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+
+
+def _stage_model(config: TrainConfig, previous: Path | None, seed: int):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import set_seed
+
+    device = _device(config)
+    base = load_model(config.model, device=device, dtype=_dtype(config, device))
+    base.config.use_cache = False
+    if previous is not None:
+        return PeftModel.from_pretrained(base, str(previous), is_trainable=True)
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+    )
+    set_seed(seed)  # LoRA A matrices are drawn here
+    return get_peft_model(base, lora)
+
+
+def _training_args(config: TrainConfig, stage_dir: Path, seed: int, progress: bool):
+    from transformers import TrainingArguments
+
+    device = _device(config)
+    cuda = device.startswith("cuda")
+    dtype = _dtype(config, device)
+    return TrainingArguments(
+        output_dir=str(stage_dir),
+        seed=seed,
+        data_seed=seed,
+        num_train_epochs=config.epochs_per_stage,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        logging_strategy="steps",
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to=[],
+        use_cpu=not cuda,
+        bf16=cuda and dtype == "bfloat16",
+        fp16=cuda and dtype == "float16",
+        disable_tqdm=not progress,
+        remove_unused_columns=False,
+        dataloader_pin_memory=cuda,
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def _mean_logged_loss(history: list[dict]) -> float | None:
+    """Step-weighted mean of the logged losses (each one averages the steps since the previous log)."""
+    total, steps, prev = 0.0, 0, 0
+    for entry in sorted((e for e in history if "loss" in e), key=lambda e: e["step"]):
+        total += entry["loss"] * (entry["step"] - prev)
+        steps += entry["step"] - prev
+        prev = entry["step"]
+    return total / steps if steps else None
+
+
+def _stats(encoded) -> dict:
+    prompts = [e.prompt_tokens for e in encoded]
+    answers = [e.answer_tokens for e in encoded]
+    return {
+        "examples": len(encoded),
+        "prompt_tokens_mean": sum(prompts) / len(prompts),
+        "prompt_tokens_max": max(prompts),
+        "prompt_truncated": sum(e.truncated for e in encoded),
+        "answer_tokens_mean": sum(answers) / len(answers),
+        "answer_tokens_max": max(answers),
+        "train_tokens": sum(len(e.input_ids) for e in encoded),
+    }
+
+
+def _encode_stage(index: int, examples, tokenizer, eot: str, max_length: int) -> tuple[list[dict], dict]:
+    encoded = [
+        encode(tokenizer, ex.prompt.render(tokenizer), ex.answer, eot=eot, max_length=max_length)
+        for ex in examples
+    ]
+    stats = _stats(encoded)
+    if stats["prompt_truncated"]:
+        log.warning(
+            "stage %d: %d prompts cut from the left to %d tokens",
+            index,
+            stats["prompt_truncated"],
+            max_length,
+        )
+    log.info(
+        "stage %d: %d examples, prompt tokens mean %.1f max %d, answer tokens mean %.1f",
+        index,
+        stats["examples"],
+        stats["prompt_tokens_mean"],
+        stats["prompt_tokens_max"],
+        stats["answer_tokens_mean"],
+    )
+    return [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded], stats
+
+
+def _loss_metrics(trainer, result) -> dict:
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    mean = _mean_logged_loss(trainer.state.log_history)
+    return {
+        "train_loss": result.training_loss if mean is None else mean,
+        "first_loss": logged[0]["loss"] if logged else None,
+        "final_loss": logged[-1]["loss"] if logged else None,
+    }
+
+
+def _save_stage(trainer, stage_dir: Path, metrics: dict) -> None:
+    """Write the stage's adapter, metrics and DONE marker (main process; adapter folder swapped in whole)."""
+    tmp = stage_dir / ".adapter.tmp"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    if trainer.is_world_process_zero():
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        _replace_dir(tmp, stage_dir / "adapter")
+        _write_json(stage_dir / "metrics.json", metrics)
+        _write_json(stage_dir / DONE, {"steps": metrics["steps"]})
+    trainer.accelerator.wait_for_everyone()
+
+
+def _train_stage(index, examples, config, tokenizer, eot, previous, progress, callbacks) -> None:
+    from transformers import Trainer
+
+    stage_dir = Path(config.output_dir) / f"stage-{index}"
+    seed = config.seed + index - 1
+    dataset, stats = _encode_stage(index, examples, tokenizer, eot, config.max_length)
+    trainer = Trainer(
+        model=_stage_model(config, previous, seed),
+        args=_training_args(config, stage_dir, seed, progress),
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        train_dataset=dataset,
+        callbacks=list(callbacks),
+    )
+    checkpoint = last_checkpoint(stage_dir)
+    if checkpoint is not None:
+        log.info("stage %d: resuming from %s", index, checkpoint)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    wall = time.perf_counter() - start
+    tokens = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    metrics = {
+        "stage": index,
+        "seed": seed,
+        **stats,
+        **_loss_metrics(trainer, result),
+        "steps": trainer.state.global_step,
+        "epochs": config.epochs_per_stage,
+        "wall_time_s": wall,  # this session only when resumed
+        "tokens_per_s": tokens / wall if wall > 0 else None,  # non-padding tokens, this session
+        "resumed_from": checkpoint.name if checkpoint else None,
+    }
+    log.info(
+        "stage %d: loss %.4f, %d steps, %.1fs, %.0f tokens/s",
+        index,
+        metrics["train_loss"],
+        metrics["steps"],
+        wall,
+        metrics["tokens_per_s"] or 0,
+    )
+    _save_stage(trainer, stage_dir, metrics)
+
+
+def train_progressive(
+    stages: Sequence[Sequence[TrainExample]],
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    callbacks: Sequence = (),
+) -> Path:
+    """Train one LoRA adapter through ``stages`` in order; returns ``output_dir/adapter``.
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects given to every stage's Trainer.
+    """
+    if not stages or any(len(s) == 0 for s in stages):
+        raise ValueError("need at least one stage, each with at least one example")
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_or_record(out, fingerprint(stages, config))
+    tokenizer = load_tokenizer(config.model)
+    tokenizer.padding_side = "right"
+    eot = end_of_turn(tokenizer)
+    previous = None
+    for index, examples in enumerate(stages, 1):
+        stage_dir = out / f"stage-{index}"
+        if (stage_dir / DONE).is_file():
+            log.info("stage %d: done, skipped", index)
+        else:
+            _train_stage(index, examples, config, tokenizer, eot, previous, progress, callbacks)
+        previous = stage_dir / "adapter"
+    final = out / "adapter"
+    if _is_main():
+        tmp = out / ".adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(previous, tmp)
+        _replace_dir(tmp, final)
+    _barrier()
+    return final
+
+
+def load_for_inference(
+    config_or_model: TrainConfig | str,
+    adapter_dir: str | Path | None = None,
+    *,
+    merge: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+):
+    """Base model + adapter in eval mode and its tokenizer (left padding) for generation.
+
+    ``adapter_dir`` defaults to ``config.output_dir/adapter``; ``merge`` folds LoRA into the base weights.
+    """
+    from peft import PeftModel
+
+    if isinstance(config_or_model, TrainConfig):
+        name = config_or_model.model
+        device = device or config_or_model.device
+        dtype = dtype or config_or_model.dtype
+        adapter_dir = adapter_dir or Path(config_or_model.output_dir) / "adapter"
+    else:
+        name = config_or_model
+    if adapter_dir is None:
+        raise ValueError("adapter_dir is required when a model name is given")
+    base = load_model(name, device=device, dtype=dtype)
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    if merge:
+        model = model.merge_and_unload()
+    return model.eval(), load_tokenizer(name)
+
+
+__all__ = [
+    "ConfigMismatchError",
+    "TrainConfig",
+    "TrainExample",
+    "fingerprint",
+    "last_checkpoint",
+    "load_for_inference",
+    "train_progressive",
+]
