@@ -8,13 +8,12 @@ ids of the split with no prediction.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from promptintern.io import atomic_write_text
 from promptintern.tasks.base import Instance
 
 OPTIONAL_NUMBERS = ("input_tokens", "output_tokens", "latency_s")
@@ -115,15 +114,5 @@ def read_predictions(
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    """Write records as JSONL atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write records as JSONL atomically (nothing is replaced if producing a record fails)."""
+    atomic_write_text(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
