@@ -155,50 +155,134 @@ def prompt_cmd(
     typer.echo(prompt.render(tokenizer))
 
 
+def _experiment(task_name: str, method: str, profile: str, model: str | None, **options):
+    from promptintern.profile import load_profile
+    from promptintern.run import Experiment
+
+    return Experiment(task_name, method, load_profile(profile), model, **options)
+
+
+def _method_option() -> str:
+    from promptintern.run import METHODS
+
+    return typer.Option("promptintern", "--method", "-m", help=f"One of: {', '.join(METHODS)}")
+
+
+def _profile_option() -> str:
+    return typer.Option("cpu", "--profile", help="smoke, cpu, paper, or a profile YAML path.")
+
+
+def _model_option() -> str | None:
+    return typer.Option(None, "--model", help="Override the profile's model: 'embedded', a HF id or a path.")
+
+
+@app.command("train")
+def train_cmd(
+    task_name: str = _task_option(),
+    method: str = _method_option(),
+    profile: str = _profile_option(),
+    model: str | None = _model_option(),
+) -> None:
+    """Train (or resume) a method's LoRA adapter through its stages; prints the adapter path."""
+    exp = _experiment(task_name, method, profile, model)
+    adapter = exp.train()
+    typer.echo(str(adapter) if adapter else f"method {method} has no training")
+
+
 @app.command("generate")
 def generate_cmd(
     task_name: str = _task_option(),
-    split: str = typer.Option("test"),
-    model: str = typer.Option("embedded", help="'embedded', a HF id or a local path."),
-    template: bool = typer.Option(True, "--template/--query-only", help="Prepend the full template."),
-    limit: int | None = typer.Option(None, help="First N instances only."),
-    batch_size: int = typer.Option(1, help="Greedy decoding batch size."),
-    max_new_tokens: int | None = typer.Option(None, help="Default: the task's setting."),
-    out: Path = typer.Option(..., help="Predictions JSONL to write."),
+    method: str = _method_option(),
+    profile: str = _profile_option(),
+    model: str | None = _model_option(),
+    out: Path | None = typer.Option(None, help="Also copy the predictions JSONL here."),
 ) -> None:
-    """Greedy-decode a split with a model and write a predictions file (raw output + extracted answer)."""
-    from tqdm import tqdm
+    """Greedy predictions on the test subset with the method's inference prompt (trains first if needed)."""
+    import shutil
 
-    from promptintern.generate import generate
-    from promptintern.models import load_model, load_tokenizer
-    from promptintern.predictions import write_jsonl
-    from promptintern.prompt import build_prompt
+    path = _experiment(task_name, method, profile, model).predict()
+    if out:
+        shutil.copyfile(path, out)
+    typer.echo(str(out or path))
 
-    task = get_task(task_name)
-    instances = task.load(split)[:limit]
-    tok = load_tokenizer(model)
-    lm = load_model(model)
-    tmpl = task.template() if template else None
-    rendered = [build_prompt(task, inst, tmpl).render(tok) for inst in instances]
-    gens = generate(
-        lm, tok, rendered, max_new_tokens=max_new_tokens or task.max_new_tokens, batch_size=batch_size
-    )
-    records = []
-    for inst, gen in tqdm(
-        zip(instances, gens, strict=True), total=len(instances), desc=f"generate {task_name}"
-    ):
-        records.append(
-            {
-                "task_id": inst.id,
-                "prediction": task.extract(gen.text),
-                "output": gen.text,
-                "input_tokens": gen.input_tokens,
-                "output_tokens": gen.output_tokens,
-                "latency_s": round(gen.latency_s, 4),
-            }
-        )
-    write_jsonl(out, records)
-    console.print(f"wrote {len(records)} predictions to {out}")
+
+@app.command("run")
+def run_cmd(
+    task_name: str = _task_option(),
+    method: str = _method_option(),
+    profile: str = _profile_option(),
+    model: str | None = _model_option(),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Train, generate and score one experiment; every finished step is reused on a rerun."""
+    exp = _experiment(task_name, method, profile, model)
+    result = exp.evaluate()
+    result["directory"] = str(exp.directory)
+    table = Table("field", "value", title=f"{task_name} / {method} / {exp.profile.name}")
+    lo, hi = result["ci95"]
+    table.add_row(result["primary"], f"{result['value']:.2f} [{lo:.2f}, {hi:.2f}]")
+    table.add_row("input tokens (mean)", f"{result['input_tokens_mean']:.1f}")
+    table.add_row("latency s (mean)", f"{result['latency_s_mean']:.3f}")
+    table.add_row("n", str(result["n"]))
+    _emit(result, as_json, table)
+
+
+@app.command("tokens")
+def tokens_cmd(
+    task_name: str = _task_option(),
+    profile: str = _profile_option(),
+    model: str | None = _model_option(),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Mean input tokens over the whole test split per prompt configuration, with the model's tokenizer."""
+    from promptintern.tokens import counter_for
+
+    configs = ["zero-shot-full", "ft-compressed", "ft-template", "ft-none", "promptintern"]
+    labels = {
+        "zero-shot-full": "template + k-shots",
+        "ft-compressed": "template x0.6 + k/2-shots",
+        "ft-template": "template only",
+        "ft-none": "no template",
+        "promptintern": "PromptIntern (query only)",
+    }
+    counter = None
+    rows = {}
+    for method in configs:
+        exp = _experiment(task_name, method, profile, model, full_test=True)
+        counter = counter or counter_for(exp.model)
+        prompts = exp.inference_prompts()
+        rows[labels[method]] = sum(counter.count_prompt(p) for p in prompts) / len(prompts)
+    full = rows[labels["zero-shot-full"]]
+    result = {
+        "task": task_name,
+        "tokenizer": counter.name,
+        "n": len(prompts),
+        "mean_input_tokens": rows,
+        "reduction_vs_full": {k: 1 - v / full for k, v in rows.items()},
+    }
+    table = Table("configuration", "mean input tokens", "reduction", title=f"{task_name}: {counter.name}")
+    for k, v in rows.items():
+        table.add_row(k, f"{v:.1f}", f"{100 * (1 - v / full):.1f} %")
+    _emit(result, as_json, table)
+
+
+@app.command("show-prompts")
+def show_prompts_cmd(
+    task_name: str = _task_option(),
+    instance_id: str = typer.Option(..., "--id", help="A train instance id."),
+    profile: str = _profile_option(),
+) -> None:
+    """Print one training instance's prompt at every PromptIntern stage (paper Figure 3)."""
+    exp = _experiment(task_name, "promptintern", profile, None)
+    inst = next((i for i in exp.bank if i.id == instance_id), None)
+    if inst is None:
+        raise typer.BadParameter(f"no train instance {instance_id!r} in {task_name}")
+    from promptintern.stages import example_map, stage_prompt
+
+    shots = example_map([inst], exp.bank, max(p.shots for p in exp.plans), seed=exp.profile.seed)[inst.id]
+    for plan in exp.plans:
+        typer.echo(f"===== stage {plan.index}: template rate {plan.tau:g}, {plan.shots} example(s) =====")
+        typer.echo(stage_prompt(exp.task, inst, plan, shots).to_text())
 
 
 def main() -> None:

@@ -49,3 +49,14 @@ def failures(score: TaskScore) -> list[dict[str, Any]]:
         ):
             out.append(row)
     return out
+
+
+def confidence_interval(score: TaskScore, **kwargs: Any) -> tuple[float, float]:
+    """95 % bootstrap interval of the task's primary metric from its per-instance rows."""
+    from promptintern.stats import corpus_bleu_ci, mean_ci
+
+    rows = score.per_instance
+    if rows and "sentence_bleu" in rows[0]:
+        return corpus_bleu_ci([r["prediction"] for r in rows], [r["reference"] for r in rows], **kwargs)
+    key = "passed" if rows and "passed" in rows[0] else "em"
+    return mean_ci([100.0 * float(r[key]) for r in rows], **kwargs)

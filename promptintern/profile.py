@@ -1,0 +1,120 @@
+"""Run profiles (``smoke``, ``cpu``, ``paper``): model, schedules, compressor, LoRA/Trainer and subset sizes.
+
+Profiles are YAML files in ``promptintern/profiles/`` (or any path). Per-task sections override the
+shared ``train``/``generation`` settings and cap the number of train/test instances. Validation errors
+name the file and the field path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROFILE_DIR = Path(__file__).with_name("profiles")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScheduleSpec(_Strict):
+    pattern: str = "linear"
+    start: float = 1.0
+    end: float = 0.0
+    rate: float = 3.0
+
+
+class CompressorSpec(_Strict):
+    name: str = "llmlingua"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class MethodSpec(_Strict):
+    """PromptIntern's schedule: τ for the template, k for the examples (k starts at the task's paper value)."""
+
+    stages: int = 3
+    template_schedule: ScheduleSpec = ScheduleSpec()
+    example_pattern: str = "linear"
+    instruction_compressor: CompressorSpec = CompressorSpec()
+    document_compressor: CompressorSpec | None = None
+    retrieval_fraction: float = 1.0
+
+
+class TrainSpec(_Strict):
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    learning_rate: float = 2e-4
+    epochs_per_stage: float = 1.0
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_length: int = 4096
+    save_steps: int = 200
+    lr_scheduler_type: str = "linear"
+    logging_steps: int = 10
+
+
+class GenerationSpec(_Strict):
+    batch_size: int = 1
+    max_new_tokens: int | None = None
+
+
+class TaskSpec(_Strict):
+    train_limit: int | None = None
+    test_limit: int | None = None
+    shots: int | None = None
+    train: dict[str, Any] = Field(default_factory=dict)
+    generation: dict[str, Any] = Field(default_factory=dict)
+
+
+class Profile(_Strict):
+    name: str
+    description: str = ""
+    model: str = "embedded"
+    seed: int = 0
+    method: MethodSpec = MethodSpec()
+    train: TrainSpec = TrainSpec()
+    generation: GenerationSpec = GenerationSpec()
+    tasks: dict[str, TaskSpec] = Field(default_factory=dict)
+
+    def task(self, name: str) -> TaskSpec:
+        return self.tasks.get(name, TaskSpec())
+
+    def train_for(self, task: str) -> TrainSpec:
+        return TrainSpec.model_validate(self.train.model_dump() | self.task(task).train)
+
+    def generation_for(self, task: str) -> GenerationSpec:
+        return GenerationSpec.model_validate(self.generation.model_dump() | self.task(task).generation)
+
+
+class ProfileError(ValueError):
+    """A profile file is missing or invalid."""
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A built-in profile by name, or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILE_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ProfileError(
+                f"unknown profile {name_or_path!r}; choose from {', '.join(available())} or give a path"
+            )
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ProfileError(f"{path}: {exc}") from exc
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ProfileError(f"{path}: {problems}") from None

@@ -1,0 +1,117 @@
+"""Profiles, stage plans/datasets and the train -> predict -> score experiment on a tiny model."""
+
+import json
+
+import pytest
+
+from promptintern.profile import ProfileError, available, load_profile
+from promptintern.run import Experiment
+from promptintern.stats import mean_ci
+
+
+def test_builtin_profiles_validate():
+    assert {"smoke", "cpu", "paper"} <= set(available())
+    for name in available():
+        prof = load_profile(name)
+        assert prof.name == name and prof.method.stages >= 1
+    paper = load_profile("paper")
+    assert [paper.train_for(t).epochs_per_stage for t in ("mbpp", "nl2f", "nl2bash")] == [6, 12, 12]
+    assert [paper.train_for(t).batch_size for t in ("mbpp", "nl2f", "nl2bash")] == [16, 128, 128]
+    assert paper.train.lora_r == 32 and paper.train.max_length == 4096 and paper.train.save_steps == 200
+
+
+def test_bad_profile_names_file_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain: {lora_r: many}\nmethod: {stagez: 3}\n")
+    with pytest.raises(ProfileError) as err:
+        load_profile(str(bad))
+    assert (
+        "bad.yaml" in str(err.value)
+        and "train.lora_r" in str(err.value)
+        and "method.stagez" in str(err.value)
+    )
+    with pytest.raises(ProfileError, match="unknown profile 'fast'"):
+        load_profile("fast")
+
+
+@pytest.fixture()
+def smoke():
+    return load_profile("smoke")
+
+
+def test_promptintern_stage_plans_and_datasets(smoke):
+    exp = Experiment("mbpp", "promptintern", smoke)
+    plans = exp.plans
+    assert [(p.tau, p.shots) for p in plans] == [(1.0, 2), (0.5, 1), (0.0, 0)]
+    full, half = plans[0].template, plans[1].template
+    assert plans[2].template is None
+    assert len(half.instruction) < len(full.instruction) and len(half.documents) < len(full.documents)
+    stages = exp.stage_datasets()
+    assert [len(s) for s in stages] == [4, 4, 4]
+    for stage, plan in zip(stages, plans, strict=True):
+        for ex in stage:
+            assert len(ex.prompt.examples) == plan.shots
+            assert ex.answer.startswith("```python")
+    last = stages[-1][0].prompt
+    assert last.template == "" and last.examples == () and last.query == exp.train_set[0].query
+    lengths = [sum(len(ex.prompt.to_text()) for ex in s) for s in stages]
+    assert lengths[0] > lengths[1] > lengths[2]
+    assert exp.inference_plan.tau == 0.0
+
+
+def test_direct_ft_and_zero_shot_schedules(smoke):
+    taus = {
+        m: [p.tau for p in Experiment("nl2f", m, smoke).plans] for m in ("ft-full", "ft-template", "ft-none")
+    }
+    assert taus == {"ft-full": [1.0] * 3, "ft-template": [1.0] * 3, "ft-none": [0.0] * 3}
+    shots = [p.shots for p in Experiment("nl2f", "ft-compressed", smoke).plans]
+    assert shots == [1, 1, 1]
+    zs = Experiment("nl2f", "zero-shot-full", smoke)
+    assert not zs.trains and [(p.tau, p.shots) for p in zs.plans] == [(1.0, 2)]
+    with pytest.raises(ValueError, match="unknown method"):
+        Experiment("nl2f", "magic", smoke)
+
+
+def test_key_changes_with_settings(smoke):
+    a = Experiment("nl2f", "promptintern", smoke, model="m1")
+    b = Experiment("nl2f", "promptintern", smoke, model="m2")
+    c = Experiment("nl2f", "ft-full", smoke, model="m1")
+    assert len({a.key, b.key, c.key}) == 3
+    assert a.key == Experiment("nl2f", "promptintern", smoke, model="m1").key
+
+
+def test_experiment_end_to_end_and_cached_rerun(smoke, tiny_model_dir):
+    exp = Experiment("nl2f", "promptintern", smoke, model=str(tiny_model_dir))
+    result = exp.evaluate(progress=False)
+    assert result["n"] == 3 and result["primary"] == "em"
+    lo, hi = result["ci95"]
+    assert lo <= result["value"] <= hi
+    d = exp.directory
+    assert (d / "train" / "adapter").is_dir() and (d / "scores.json").is_file()
+    assert [
+        json.loads(x)["stage"] for x in [json.dumps(r) for r in json.loads((d / "plan.json").read_text())]
+    ] == [1, 2, 3]
+    preds = (d / "predictions.jsonl").read_text()
+    # a rerun is served from the cache; a torn predictions file is resumed, keeping finished lines
+    assert (
+        Experiment("nl2f", "promptintern", smoke, model=str(tiny_model_dir)).evaluate(progress=False)
+        == result
+    )
+    lines = preds.splitlines()
+    (d / "scores.json").unlink()
+    (d / "predictions.jsonl").write_text(lines[0] + "\n" + lines[1][:10])
+    again = Experiment("nl2f", "promptintern", smoke, model=str(tiny_model_dir))
+    again.predict(progress=False)
+    resumed = (d / "predictions.jsonl").read_text().splitlines()
+    assert resumed[0] == lines[0]  # the finished line is kept as it was
+
+    def strip(line):
+        return {k: v for k, v in json.loads(line).items() if k != "latency_s"}
+
+    assert [strip(x) for x in resumed] == [strip(x) for x in lines]
+
+
+def test_bootstrap_interval_brackets_mean():
+    lo, hi = mean_ci([100.0] * 30 + [0.0] * 70, seed=1)
+    assert lo < 30 < hi and 10 < lo and hi < 50
+    assert mean_ci([100.0] * 5) == (100.0, 100.0)
