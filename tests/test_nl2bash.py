@@ -21,7 +21,7 @@ except DataNotFoundError:
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason="NL2Bash data not available")
 
 # The sizes this builder obtains (published: 8,090 / 609 / 606; see tasks/nl2bash/README.md).
-EXPECTED_SIZES = {"train": 8084, "validation": 644, "test": 601}
+EXPECTED_SIZES = {"train": 8088, "validation": 604, "test": 621}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def splits(built):
 def test_split_sizes(splits):
     assert {k: len(v) for k, v in splits.items()} == EXPECTED_SIZES
     for published, name in ((8090, "train"), (609, "validation"), (606, "test")):
-        assert abs(len(splits[name]) - published) / published < 0.07
+        assert abs(len(splits[name]) - published) / published < 0.03  # test is +2.5 %; see README
 
 
 @needs_data
@@ -109,6 +109,24 @@ def test_command_utilities_rules():
     assert cu("perlish -x") is None  # no grammar for the utility
     assert cu("rsync -av -e ssh a b") is None  # command arguments must be quoted
     assert cu("rsync -av -e 'ssh -p 22' a b") == ("rsync", "ssh")
+
+
+def test_command_utilities_flag_lint():
+    cu = nl2bash_split.command_utilities
+    assert cu("tar --create -f a.tar d") is None  # unknown long option
+    assert cu("rsync --chmod=u+x a b") is None  # value for an option without argument
+    assert cu("grep --color=auto -rn foo .") == ("grep",)
+    assert cu("ls -lZq") == ("ls",) and cu("ls -lj") is None  # every bundled letter must be an option
+    assert cu("cd a b") is None  # more words than positional slots
+    assert cu("tail -n") is None  # option left without its argument
+    assert cu("head -5 f") == ("head",)  # "- K" form
+    assert cu("tar xzf a.tgz") == ("tar",)  # first tar word is read as options
+    assert cu("xargs -i{} mv {} d") == ("xargs", "mv")
+    assert cu("uname -a > out.txt") == ("uname",)  # a redirection no slot takes is ignored
+    assert cu("x=$HOME") is None  # only command substitutions inside assignments
+    assert cu("$EDITOR file") == ()  # parses, uses no utility
+    assert cu("ps aux | grep foo") == ("ps", "grep")
+    assert nl2bash_split.normalize_surface("$ tar cf a.tar d") == "tar -cf a.tar d"
 
 
 def test_nl_template_and_stemmer():

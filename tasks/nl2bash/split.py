@@ -9,18 +9,19 @@ The original procedure (TellinaTool/nl2bash, ``data/scripts/filter_data.py`` + `
    ``i`` the fold ``random_tokens[i]`` (0-9 train, 10 dev, 11 test);
 3. move every dev/test pair whose command also occurs in the *original* train folds into train.
 
-This module re-implements the three steps with our own code.  Step 2 and 3 are exact.  Step 1 and
-the template are approximations, because the original "parses" means *lints against a hand-written
-flag grammar for ~130 utilities* and the template applies a spelling corrector whose word list is
-not published.  We parse with bashlex 0.18, mirror the original structural rules (see
-:func:`command_utilities`), accept exactly the utilities that grammar names, and stem with our own
-Porter2 (Snowball English) stemmer; we do not check flags and do not spell-correct.
+This module re-implements the three steps with our own code.  Step 2 and 3 are exact.  Step 1 follows
+the original's "parses": its surface clean-up (:func:`normalize_surface`), then a single bashlex tree
+linted against a synopsis grammar of ~130 utilities -- structure, utility inventory, options (unknown
+long options, bundles with unknown letters, values for argument-less options, missing arguments) and
+positional slots -- re-implemented in :mod:`.flags` with our own tables (``flags.yaml``).  The
+template follows the original ``basic_tokenizer`` with our own Porter2 stemmer (:mod:`.stem`) but
+without its spelling corrector, whose word list is not published.
 
-Obtained: 9,419 pairs in 8,495 templates pass our filter (original: 9,305 / 8,412); the 83 templates
-sorted past the last fold token are dropped, leaving 8,084 / 644 / 601 pairs (published 8,090 / 609 /
-606).  Because folds are dealt by *position* in the sorted template list, every template we add or miss
-before position ``i`` changes the fold of template ``i``: sizes stay close but are a draw (dev is +5.7 %),
-and membership differs from the published files beyond the first ~100 templates.  See ``README.md``.
+Obtained: 9,350 pairs in 8,448 templates pass (original: 9,305 / 8,412); the 36 templates sorted past
+the last fold token are dropped, leaving 8,088 / 604 / 621 pairs (published 8,090 / 609 / 606; test is
++2.5 %).  Because folds are dealt by *position* in the sorted template list, every template we add or
+miss before position ``i`` changes the fold of template ``i``: sizes are a draw from the same process,
+and membership differs from the published files.  See ``README.md``.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import bashlex
-
 from promptintern.paths import cache_dir, data_file
+from promptintern.tasks.nl2bash.flags import FLAGS_FILE, lint_utilities
+from promptintern.tasks.nl2bash.stem import stem
 
-BUILDER_VERSION = "nl2bash-split-v1"
+BUILDER_VERSION = "nl2bash-split-v2"
 SOURCE_FILES = ("all.nl", "all.cm", "random_tokens.txt")
 SPLIT_NAMES = {"train": "train", "validation": "dev", "test": "test"}
 
@@ -48,19 +49,6 @@ NUM_UTILITIES = 100
 NUM_FOLDS = 12
 DEV_FOLD, TEST_FOLD = NUM_FOLDS - 2, NUM_FOLDS - 1
 
-#: Utilities the original bash grammar (``bashlint/grammar/grammar100.txt``) describes; a command
-#: using any other utility does not parse there.
-GRAMMAR_UTILITIES = frozenset(
-    """
-    apropos awk basename bash bg bind bunzip2 bzcat bzip2 cal cat cd chgrp chmod chown clear column
-    comm compress cp cpio crontab curl cut date df diff dig dirname du echo egrep env false fg fgrep
-    file find finger fold gcc groups grep gunzip gzip head history hostname ifconfig info join jobs
-    kill less ln ls man md5 md5sum mkdir mktemp more mount mv nano nl nohup od paste ping popd pstree
-    pushd pwd read readlink rename rev rm rmdir rsync scp sed seq set sh shopt shred sleep sort source
-    split ssh ssh-keygen su sudo tac tail tar tee time tmux top touch tr tree true uname uncompress uniq
-    vim w watch wc wget which who whoami xargs yes zcat zless
-    """.split()
-)
 #: Never counted among the top utilities: editors, interpreters, package managers (black list) and
 #: shell built-ins that only change the session (grey list).
 EXCLUDED_UTILITIES = frozenset(
@@ -69,12 +57,6 @@ EXCLUDED_UTILITIES = frozenset(
     alias unalias set unset source export shift true false pushd popd
     """.split()
 )
-#: The original rewrites these heads before counting utilities.
-_ALIASES = {"egrep": "grep", "fgrep": "grep"}
-FIND_EXEC = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
-XARGS_FLAGS_WITH_ARG = frozenset({"-E", "-d", "-I", "-L", "-n", "-s", "-P", "-a", "--delimiter"})
-SSH_FLAGS_WITH_ARG = frozenset("-b -c -D -E -e -F -I -i -L -l -m -O -o -p -Q -R -S -W -w".split())
-
 
 class MalformedDataError(ValueError):
     """A source file does not have the expected shape; the message names file and line."""
@@ -98,221 +80,52 @@ class Pair:
 _SURFACE_FIXES = (
     ("sudo", ""),
     ("/usr/bin/find", "find"), ("/bin/find", "find"), ("/usr/bin/grep", "grep"),
-    ("/bin/rm", "rm"), ("/bin/mv", "mv"), ("/bin/echo", "echo"),
-    ("'{}'", "{}"), ('"{}"', "{}"), ("-i{}", "-I {}"), ("-I{}", "-I {}"), (" [] ", " {} "),
+    ("/bin/rm", "rm"), ("/bin/mv", "mv"),
+    ("'{}'", "{}"), ('"{}"', "{}"), ("-i{}", "-I {}"), ("-i%", "-I %"), ("-I{}", "-I {}"), (" [] ", " {} "),
+    ("-L.", "-L"), ("-mitime", "-mtime"), ("-dev", "-xdev"), ("-regex-type", "-regextype"),
     (" ( ", " \\( "), (" ) ", " \\) "), ("-\\(", "\\("), ("-\\)", "\\)"), ('"\\)', " \\)"),
     ("\\(-", "\\( -"), ("e\\)", "e \\)"), ("-\\!", "!"),
-    ("— ", "-"), ("–", "-"), ("—", "-"), ("“", '"'), ("”", '"'), ("‘", "'"), ("’", "'"),
+    ("— ", "-"), ("–", "-"), ("—", "-"), ("“", '"'), ("”", '"'), ("-\u043e", "-o"), ("‘", "'"), ("’", "'"),
+)
+_LATE_FIXES = (
+    ("/bin/echo", "echo"), (" exec sed ", " -exec sed "), (" xargs -iname ", " xargs "),
+    (" -chour +1 ", " -cmin 60 "), (" -target-directory ", " --target-directory="),
+    ("- perm", "-perm"), (" perm", " -perm"), ("'-rd\\n' ", ""),
 )
 
 
 def normalize_surface(cmd: str) -> str:
-    """The original's pre-parse clean-up: drop ``sudo``, full utility paths, prompts and common typos."""
+    """The original's pre-parse clean-up: drop ``sudo``, full utility paths, prompts and common typos,
+    and make the first word after ``tar`` an option bundle (``tar xzf`` -> ``tar -xzf``)."""
     cmd = cmd.replace("\n", " ").strip()
     for old, new in _SURFACE_FIXES:
         cmd = cmd.replace(old, new)
-    cmd = cmd.strip()
+    cmd = re.sub("-prin($| )", "-print", cmd)  # sic: the original also eats the following space
+    for old, new in _LATE_FIXES:
+        cmd = cmd.replace(old, new)
     for prompt in ("$ ", "# "):
         if cmd.startswith(prompt):
             cmd = cmd[len(prompt):]
     if cmd.startswith(("$find ", "#find ")):
         cmd = cmd[1:]
+    if cmd.startswith("tar"):
+        cmd = " " + cmd
+    cmd = re.sub(r" tar (?=\w)", " tar -", cmd)
+    cmd = cmd.strip()
     # a lone trailing backslash was a literal word for the original parser; bashlex 0.18 rejects it
     if cmd.endswith("\\") and not cmd.endswith("\\\\"):
         cmd = cmd[:-1] + "'\\'"
     return cmd.strip()
 
 
-class _Reject(Exception):
-    """The command does not parse under the original rules."""
-
-
-class _UtilityCollector:
-    """Walk a bashlex tree the way the original normaliser does, collecting utility names."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.utilities: list[str] = []
-
-    def top(self, node) -> None:
-        if node.kind == "command":
-            self.command(node.parts)
-        elif node.kind == "pipeline":
-            for part in node.parts:
-                if part.kind == "command":
-                    self.command(part.parts)
-                elif part.kind != "pipe":
-                    raise _Reject(part.kind)
-        elif node.kind == "list" and len(node.parts) <= 2:  # "cmd ;" or "cmd &" only
-            self.top(node.parts[0])
-        else:  # sequences, compounds, loops, functions, ...
-            raise _Reject(node.kind)
-
-    def substitution(self, node) -> None:
-        if node.kind in ("commandsubstitution", "processsubstitution"):
-            self.top(node.command)
-        elif node.kind not in ("parameter", "tilde"):
-            raise _Reject(node.kind)
-
-    def word(self, node) -> None:
-        if node.kind != "word":  # redirects and the like are unsupported as arguments
-            raise _Reject(node.kind)
-        if node.parts and node.parts[0].kind not in ("parameter", "tilde"):
-            for part in node.parts:
-                self.substitution(part)
-
-    def quoted_command(self, node) -> None:
-        """An argument of type Command must be one quoted word holding a command."""
-        raw = self.source[node.pos[0]:node.pos[1]] if node.kind == "word" else ""
-        if node.parts or len(raw) < 2 or raw[0] not in "'\"" or raw[-1] != raw[0]:
-            raise _Reject("command argument without quotes")
-        try:
-            trees = bashlex.parse(node.word)
-        except Exception as err:  # bashlex raises several unrelated types
-            raise _Reject("sub-command") from err
-        if len(trees) != 1:
-            raise _Reject("sub-command")
-        inner = _UtilityCollector(node.word)
-        inner.top(trees[0])
-        self.utilities.extend(inner.utilities)
-
-    def command(self, parts) -> None:
-        if not parts:
-            return
-        head = parts[0]
-        if head.kind == "assignment":  # the original keeps only the assignment's substitutions
-            for part in head.parts or ():
-                self.substitution(part)
-            return
-        if head.kind != "word":
-            raise _Reject(head.kind)
-        if head.parts:  # e.g. "$(dirname $0)/run.sh": treated as a plain word
-            self.word(head)
-            return
-        utility = head.word
-        if utility not in GRAMMAR_UTILITIES:
-            raise _Reject(f"no grammar for {utility}")
-        self.utilities.append(_ALIASES.get(utility, utility))
-        self.arguments(utility, list(parts[1:]))
-
-    def arguments(self, utility: str, rest: list) -> None:
-        handler = getattr(self, f"_args_{utility.replace('-', '_')}", None)
-        if handler is not None:
-            handler(rest)
-        else:
-            for node in rest:
-                self.word(node)
-
-    def _args_find(self, rest: list) -> None:
-        i = 0
-        while i < len(rest):
-            node = rest[i]
-            token = node.word if node.kind == "word" else None
-            if token in FIND_EXEC:
-                j = i + 1
-                while j < len(rest) and not (rest[j].kind == "word" and rest[j].word in (";", "+")):
-                    j += 1
-                self.command(rest[i + 1:j])
-                i = j + 1
-                continue
-            self.word(node)
-            i += 1
-
-    def _leading_flags(self, rest: list, with_arg: frozenset) -> int:
-        i = 0
-        while i < len(rest) and rest[i].kind == "word" and rest[i].word.startswith("-") and not rest[i].parts:
-            i += 2 if rest[i].word in with_arg else 1
-        for node in rest[: min(i, len(rest))]:
-            self.word(node)
-        return i
-
-    def _args_xargs(self, rest: list) -> None:
-        i = self._leading_flags(rest, XARGS_FLAGS_WITH_ARG)
-        self.command(rest[i:])
-
-    def _args_nohup(self, rest: list) -> None:
-        self.command(rest)
-
-    def _args_watch(self, rest: list) -> None:
-        i = self._leading_flags(rest, frozenset({"-n", "--interval"}))
-        self.command(rest[i:])
-
-    def _args_time(self, rest: list) -> None:
-        i = self._leading_flags(rest, frozenset({"-f", "-o"}))
-        if i < len(rest):
-            self.quoted_command(rest[i])
-            for node in rest[i + 1:]:
-                self.word(node)
-
-    def _args_env(self, rest: list) -> None:
-        i = 0
-        while i < len(rest) and (rest[i].kind == "assignment" or rest[i].word.startswith("-")):
-            i += 2 if rest[i].kind == "word" and rest[i].word == "-u" else 1
-        if i < len(rest):
-            self.quoted_command(rest[i])
-            for node in rest[i + 1:]:
-                self.word(node)
-
-    def _args_ssh(self, rest: list) -> None:
-        i = self._leading_flags(rest, SSH_FLAGS_WITH_ARG)
-        if i < len(rest):
-            self.word(rest[i])  # [user@]host
-        if i + 1 < len(rest):
-            self.quoted_command(rest[i + 1])
-            for node in rest[i + 2:]:
-                self.word(node)
-
-    def _args_sh(self, rest: list) -> None:
-        i = 0
-        while i < len(rest):
-            node = rest[i]
-            if node.kind == "word" and node.word in ("-c", "--command") and i + 1 < len(rest):
-                self.quoted_command(rest[i + 1])
-                i += 2
-            else:
-                self.word(node)
-                i += 1
-
-    _args_bash = _args_su = _args_sh
-
-    def _args_rsync(self, rest: list) -> None:
-        i = 0
-        while i < len(rest):
-            node = rest[i]
-            if node.kind == "word" and node.word == "-e" and i + 1 < len(rest):
-                self.quoted_command(rest[i + 1])
-                i += 2
-            else:
-                self.word(node)
-                i += 1
-
-
 def command_utilities(cmd: str) -> tuple[str, ...] | None:
-    """Utilities used by ``cmd`` in order of appearance, or ``None`` when it does not parse.
-
-    Mirrors the original rules: a single top-level command, pipeline, or ``cmd;``/``cmd&``
-    (no ``&&``/``||``/``;`` sequences, compounds, loops or functions); no redirections; every
-    utility covered by the original grammar; nested commands of ``xargs``, ``find -exec``,
-    ``nohup``/``watch`` and quoted ``sh -c``/``su -c``/``ssh host 'cmd'``/``time 'cmd'`` count too;
-    a leading ``VAR=...`` keeps only the utilities inside its command substitutions.
+    """Utilities used by ``cmd`` in order of appearance (possibly none), or ``None`` when it does not
+    parse under the original rules (see :mod:`.flags`: structure, utility grammar, option/argument lint).
     """
     text = normalize_surface(cmd)
     if not text:
         return None
-    try:
-        trees = bashlex.parse(text)
-    except Exception:  # bashlex raises ParsingError, NotImplementedError, IndexError, ...
-        return None
-    if len(trees) != 1:
-        return None
-    collector = _UtilityCollector(text)
-    try:
-        collector.top(trees[0])
-    except _Reject:
-        return None
-    except (AttributeError, IndexError, TypeError):  # malformed bashlex nodes
-        return None
-    return tuple(collector.utilities) or None
+    return lint_utilities(text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,146 +203,6 @@ def nl_template(description: str) -> str:
     return " ".join(words)
 
 
-# --- Porter2 (Snowball English) stemmer, written from the published algorithm ------------------
-_VOWELS = frozenset("aeiouy")
-_DOUBLES = ("bb", "dd", "ff", "gg", "mm", "nn", "pp", "rr", "tt")
-_LI_ENDING = frozenset("cdeghkmnrt")
-_EXCEPTIONS = {
-    "skis": "ski", "skies": "sky", "dying": "die", "lying": "lie", "tying": "tie", "idly": "idl",
-    "gently": "gentl", "ugly": "ugli", "early": "earli", "only": "onli", "singly": "singl",
-    "sky": "sky", "news": "news", "howe": "howe", "atlas": "atlas", "cosmos": "cosmos",
-    "bias": "bias", "andes": "andes",
-}
-_INVARIANT_AFTER_1A = frozenset(
-    "inning outing canning herring earring proceed exceed succeed".split()
-)
-_STEP2 = (
-    ("ization", "ize"), ("ational", "ate"), ("fulness", "ful"), ("ousness", "ous"),
-    ("iveness", "ive"), ("tional", "tion"), ("biliti", "ble"), ("lessli", "less"),
-    ("entli", "ent"), ("ation", "ate"), ("alism", "al"), ("aliti", "al"), ("ousli", "ous"),
-    ("iviti", "ive"), ("fulli", "ful"), ("enci", "ence"), ("anci", "ance"), ("abli", "able"),
-    ("izer", "ize"), ("ator", "ate"), ("alli", "al"), ("bli", "ble"), ("ogi", "og"), ("li", ""),
-)
-_STEP3 = (
-    ("ational", "ate"), ("tional", "tion"), ("alize", "al"), ("icate", "ic"), ("iciti", "ic"),
-    ("ative", ""), ("ical", "ic"), ("ness", ""), ("ful", ""),
-)
-_STEP4 = (
-    "ement", "ance", "ence", "able", "ible", "ment", "ant", "ent", "ism", "ate", "iti", "ous",
-    "ive", "ize", "ion", "al", "er", "ic",
-)
-
-
-def _region_after_vc(word: str, start: int) -> int:
-    for i in range(start + 1, len(word)):
-        if word[i] not in _VOWELS and word[i - 1] in _VOWELS:
-            return i + 1
-    return len(word)
-
-
-def _regions(word: str) -> tuple[int, int]:
-    for prefix in ("gener", "commun", "arsen"):
-        if word.startswith(prefix):
-            r1 = len(prefix)
-            break
-    else:
-        r1 = _region_after_vc(word, 0)
-    return r1, _region_after_vc(word, r1)
-
-
-def _short_syllable_end(word: str) -> bool:
-    if len(word) == 2:
-        return word[0] in _VOWELS and word[1] not in _VOWELS
-    return (len(word) >= 3 and word[-3] not in _VOWELS and word[-2] in _VOWELS
-            and word[-1] not in _VOWELS and word[-1] not in "wxY")
-
-
-def stem(word: str) -> str:
-    """Porter2 stem of ``word`` (lower-cased first, as NLTK's Snowball stemmer does)."""
-    word = word.lower()
-    if len(word) <= 2:
-        return word
-    if word in _EXCEPTIONS:
-        return _EXCEPTIONS[word]
-    if word.startswith("'"):
-        word = word[1:]
-    chars = list(word)
-    for i, c in enumerate(chars):
-        if c == "y" and (i == 0 or chars[i - 1] in _VOWELS):
-            chars[i] = "Y"
-    word = "".join(chars)
-    r1, r2 = _regions(word)
-    # step 0
-    for suffix in ("'s'", "'s", "'"):
-        if word.endswith(suffix):
-            word = word[: -len(suffix)]
-            break
-    # step 1a
-    if word.endswith("sses"):
-        word = word[:-2]
-    elif word.endswith(("ied", "ies")):
-        word = word[:-2] if len(word) > 4 else word[:-1]
-    elif word.endswith(("us", "ss")):
-        pass
-    elif word.endswith("s") and any(c in _VOWELS for c in word[:-2]):
-        word = word[:-1]
-    if word in _INVARIANT_AFTER_1A:
-        return word.replace("Y", "y")
-    # step 1b
-    for suffix in ("eedly", "ingly", "edly", "eed", "ing", "ed"):
-        if word.endswith(suffix):
-            if suffix in ("eed", "eedly"):
-                if len(word) - len(suffix) >= r1:
-                    word = word[: -len(suffix)] + "ee"
-            elif any(c in _VOWELS for c in word[: -len(suffix)]):
-                word = word[: -len(suffix)]
-                if word.endswith(("at", "bl", "iz")):
-                    word += "e"
-                elif word.endswith(_DOUBLES):
-                    word = word[:-1]
-                elif r1 >= len(word) and _short_syllable_end(word):
-                    word += "e"
-            break
-    # step 1c
-    if len(word) > 2 and word[-1] in "yY" and word[-2] not in _VOWELS:
-        word = word[:-1] + "i"
-    # step 2
-    for suffix, repl in _STEP2:
-        if word.endswith(suffix):
-            if len(word) - len(suffix) >= r1:
-                if suffix == "ogi":
-                    if word[-4:-3] == "l":
-                        word = word[:-3] + repl
-                elif suffix == "li":
-                    if word[-3:-2] in _LI_ENDING:
-                        word = word[:-2]
-                else:
-                    word = word[: -len(suffix)] + repl
-            break
-    # step 3
-    for suffix, repl in _STEP3:
-        if word.endswith(suffix):
-            if len(word) - len(suffix) >= r1 and (suffix != "ative" or len(word) - 5 >= r2):
-                word = word[: -len(suffix)] + repl
-            break
-    # step 4
-    for suffix in _STEP4:
-        if word.endswith(suffix):
-            if len(word) - len(suffix) >= r2:
-                if suffix == "ion":
-                    if word[-4:-3] in ("s", "t"):
-                        word = word[:-3]
-                else:
-                    word = word[: -len(suffix)]
-            break
-    # step 5
-    if word.endswith("e"):
-        if len(word) - 1 >= r2 or (len(word) - 1 >= r1 and not _short_syllable_end(word[:-1])):
-            word = word[:-1]
-    elif word.endswith("l") and len(word) - 1 >= r2 and word[-2:-1] == "l":
-        word = word[:-1]
-    return word.replace("Y", "y")
-
 
 # ---------------------------------------------------------------------------------------------
 # Reading, filtering, splitting, caching
@@ -581,7 +254,7 @@ def build_pairs(nl_lines: list[str], cm_lines: list[str], tokens: list[int],
     groups: dict[str, list[int]] = collections.defaultdict(list)
     for index, (nl, utils) in enumerate(zip(nl_lines, utilities, strict=True)):
         nl = nl.strip()
-        if utils and len(nl.split()) <= MAX_NL_WORDS and set(utils) <= allowed:
+        if utils is not None and len(nl.split()) <= MAX_NL_WORDS and set(utils) <= allowed:
             groups[nl_template(nl)].append(index)
     # templates past the end of the published token list get no fold and are dropped (see README)
     templates = sorted(groups)[: len(tokens)]
@@ -608,7 +281,8 @@ def _source_paths() -> tuple[Path, Path, Path]:
 def _cache_key(paths: Iterable[Path]) -> str:
     """Hash of the builder version, this module's code and the source files."""
     digest = hashlib.sha256(BUILDER_VERSION.encode())
-    for path in (Path(__file__), *paths):
+    code = (Path(__file__), FLAGS_FILE, FLAGS_FILE.with_suffix(".py"), Path(__file__).with_name("stem.py"))
+    for path in (*code, *paths):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
