@@ -3,8 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-LIMIT ?= 20
-RUN_DIR ?= runs/embedded-zero-shot
+RUN_DIR ?= runs/$(PROFILE)
 
 .PHONY: setup system-deps venv test test-fast integration lint bench reproduce clean
 
@@ -36,19 +35,18 @@ bench:
 	@mkdir -p results/benchmarks
 	$(BIN)/pytest benchmarks --benchmark-only --benchmark-json=results/benchmarks/latest.json
 
-# Main job (until the training harness lands): the untrained embedded model, zero-shot with the full
-# template, on the first $(LIMIT) test instances of each task; predictions and scores go to $(RUN_DIR).
+# Main job (until the table harness lands): sandbox self test, token accounting on all three tasks, then
+# PromptIntern vs the untrained model (both query-only) on MBPP with the `cpu` profile (embedded model).
+# Every step is cached under $PROMPTINTERN_HOME/runs, so a rerun only does what is missing.
+PROFILE ?= cpu
+TASK ?= mbpp
 reproduce:
 	@mkdir -p $(RUN_DIR)
 	$(BIN)/promptintern sandbox selftest
-	@for t in mbpp nl2f nl2bash; do \
-	  $(BIN)/promptintern generate --task $$t --split test --model embedded --limit $(LIMIT) \
-	    --out $(RUN_DIR)/$$t.predictions.jsonl && \
-	  $(BIN)/promptintern eval --task $$t --split test --partial --json \
-	    --predictions $(RUN_DIR)/$$t.predictions.jsonl --out $(RUN_DIR)/$$t.scores.jsonl \
-	    > $(RUN_DIR)/$$t.metrics.json || exit 1; \
-	  cat $(RUN_DIR)/$$t.metrics.json; \
-	done
+	@for t in mbpp nl2f nl2bash; do $(BIN)/promptintern tokens --task $$t --profile $(PROFILE) --json > $(RUN_DIR)/tokens-$$t.json || exit 1; done
+	$(BIN)/promptintern run --task $(TASK) --method zero-shot --profile $(PROFILE) --json > $(RUN_DIR)/$(TASK)-zero-shot.json
+	$(BIN)/promptintern run --task $(TASK) --method promptintern --profile $(PROFILE) --json > $(RUN_DIR)/$(TASK)-promptintern.json
+	@cat $(RUN_DIR)/tokens-*.json $(RUN_DIR)/$(TASK)-*.json
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -34,7 +34,7 @@ def test_build_program_layout():
 
 
 def test_mbpp_limit_defaults():
-    assert (MBPP_LIMITS.wall_s, MBPP_LIMITS.cpu_s, MBPP_LIMITS.memory_mb, MBPP_LIMITS.nproc) == (10, 10, 1024, 32)
+    assert (MBPP_LIMITS.wall_s, MBPP_LIMITS.cpu_s, MBPP_LIMITS.memory_mb, MBPP_LIMITS.nproc) == (20, 10, 1024, 32)
     assert (MBPP_LIMITS.fsize_mb, MBPP_LIMITS.nofile, MBPP_LIMITS.output_bytes) == (10, 64, 64 * 1024)
 
 
