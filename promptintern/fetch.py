@@ -19,6 +19,8 @@ from pathlib import Path
 import requests
 import yaml
 
+from promptintern.io import sha256_file
+
 MANIFEST = Path(__file__).with_name("data_manifest.yaml")
 CHUNK = 1 << 16
 
@@ -54,14 +56,6 @@ def file_specs(datasets: list[str] | None = None) -> list[FileSpec]:
     ]
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _download(url: str, target: Path, expected: str, timeout: float) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
@@ -94,7 +88,7 @@ def fetch(
     for spec in file_specs(datasets):
         rel = f"{spec.dataset}/{spec.path}"
         target = dest / spec.dataset / spec.path
-        if target.is_file() and sha256_of(target) == spec.sha256:
+        if target.is_file() and sha256_file(target) == spec.sha256:
             status = "present"
         else:
             url = f"{mirror.rstrip('/')}/{rel}" if mirror else spec.url

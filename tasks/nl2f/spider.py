@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import sqlite3
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from promptintern.io import write_json
 from promptintern.paths import cache_dir, data_file
 from promptintern.tasks.nl2f.table import cell_text, column_ref, looks_numeric, make_grid
 
@@ -476,14 +475,7 @@ def load_dataset(seed: int = SEED) -> dict[str, Any]:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     data = build(seed)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, data, indent=None)
     return data
 
 
