@@ -44,18 +44,20 @@ class MethodSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    lora_r: int = 32
-    lora_alpha: int = 64
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    learning_rate: float = 2e-4
-    epochs_per_stage: float = 1.0
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    max_length: int = 4096
-    save_steps: int = 200
-    lr_scheduler_type: str = "linear"
-    logging_steps: int = 10
+    """Overrides of :class:`promptintern.train.TrainConfig`; ``None`` keeps that class's default."""
+
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    lora_dropout: float | None = None
+    target_modules: tuple[str, ...] | None = None
+    learning_rate: float | None = None
+    epochs_per_stage: float | None = None
+    batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    max_length: int | None = None
+    save_steps: int | None = None
+    lr_scheduler_type: str | None = None
+    logging_steps: int | None = None
 
 
 class GenerationSpec(_Strict):
@@ -85,7 +87,7 @@ class Profile(_Strict):
         return self.tasks.get(name, TaskSpec())
 
     def train_for(self, task: str) -> TrainSpec:
-        return TrainSpec.model_validate(self.train.model_dump() | self.task(task).train)
+        return TrainSpec.model_validate(self.train.model_dump(exclude_none=True) | self.task(task).train)
 
     def generation_for(self, task: str) -> GenerationSpec:
         return GenerationSpec.model_validate(self.generation.model_dump() | self.task(task).generation)

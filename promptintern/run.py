@@ -23,7 +23,7 @@ from typing import Any
 from promptintern import __version__
 from promptintern.io import atomic_write_text, write_json
 from promptintern.paths import home
-from promptintern.profile import Profile
+from promptintern.profile import Profile, TrainSpec
 from promptintern.schedule import Schedule
 from promptintern.stages import StagePlan, build_stage_datasets, example_map, plan_stages, stage_prompt
 from promptintern.tasks import Instance, Task, get_task
@@ -131,7 +131,7 @@ class Experiment:
             "example_schedule": egs.to_dict(),
             "compressor": p.method.model_dump(include={"instruction_compressor", "document_compressor"}),
             "retrieval_fraction": p.method.retrieval_fraction,
-            "train": p.train_for(self.task_name).model_dump() if self.trains else None,
+            "train": self._effective_train() if self.trains else None,
             "generation": p.generation_for(self.task_name).model_dump(),
             "train_ids": [i.id for i in self.train_set] if self.trains else None,
             "test_ids": [i.id for i in self.test_set],
@@ -176,18 +176,27 @@ class Experiment:
             seed=self.profile.seed,
         )
 
+    def train_config(self, output_dir: Path | None = None):
+        """The trainer's config: profile overrides on top of ``TrainConfig``'s defaults."""
+        from promptintern.train import TrainConfig
+
+        overrides = self.profile.train_for(self.task_name).model_dump(exclude_none=True)
+        out = output_dir if output_dir is not None else self.directory / "train"
+        return TrainConfig(model=self.model, output_dir=out, seed=self.profile.seed, **overrides)
+
+    def _effective_train(self) -> dict[str, Any]:
+        """Every profile-settable training field with its effective value (defaults included)."""
+        config = self.train_config(output_dir=Path("."))
+        return {name: getattr(config, name) for name in TrainSpec.model_fields}
+
     # -- steps ------------------------------------------------------------------------------------
     def train(self, progress: bool = True) -> Path | None:
         """Train (or resume) the adapter; ``None`` for methods without training."""
         if not self.trains:
             return None
-        from promptintern.train import TrainConfig, train_progressive
+        from promptintern.train import train_progressive
 
-        spec = self.profile.train_for(self.task_name).model_dump()
-        spec["target_modules"] = tuple(spec["target_modules"])
-        config = TrainConfig(
-            model=self.model, output_dir=self.directory / "train", seed=self.profile.seed, **spec
-        )
+        config = self.train_config()
         self._write_json("settings.json", self.settings())
         self._write_json("plan.json", [self._plan_row(p) for p in self.plans])
         return train_progressive(self.stage_datasets(), config, progress=progress)
