@@ -107,3 +107,26 @@ def test_generate_then_eval_with_tiny_model(tiny_model_dir, tmp_path):
     res = _run("eval", "--task", "nl2bash", "--predictions", out, "--partial", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["n"] == 3
+
+
+def test_show_prompts_prints_every_stage():
+    inst = get_task("nl2f").load("train")[0]
+    res = _run("show-prompts", "--task", "nl2f", "--id", inst.id, "--profile", "smoke")
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert out.count("===== stage") == 3
+    stage1, stage2, stage3 = out.split("===== stage")[1:]
+    assert "<API Doc 1>" in stage1 and "## Example 2" in stage1
+    assert "## Example 1" in stage2 and "## Example 2" not in stage2
+    assert "## Example" not in stage3 and "API Doc" not in stage3 and inst.query in stage3
+
+
+def test_tokens_reports_reduction(tiny_model_dir):
+    res = _run("tokens", "--task", "nl2f", "--profile", "smoke", "--model", tiny_model_dir, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    tokens = out["mean_input_tokens"]
+    assert out["n"] == len(get_task("nl2f").load("test"))
+    assert tokens["template + k-shots"] > tokens["template x0.6 + k/2-shots"] > tokens["PromptIntern (query only)"]
+    assert tokens["PromptIntern (query only)"] == tokens["no template"]
+    assert out["reduction_vs_full"]["PromptIntern (query only)"] == pytest.approx(1 - tokens["no template"] / tokens["template + k-shots"])
