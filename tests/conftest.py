@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import string
 
 import pytest
@@ -66,3 +67,20 @@ def tiny_model_dir(tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def _bwrap_error() -> str:
+    from promptintern.sandbox import SandboxUnavailable, get_backend
+
+    try:
+        get_backend("bwrap")
+    except SandboxUnavailable as exc:
+        return str(exc)
+    return ""
+
+
+BWRAP_ERROR = _bwrap_error()
+#: Sandbox tests skip where bubblewrap cannot run, except under CI (CI=true), where they must run and fail loudly.
+needs_bwrap = pytest.mark.skipif(
+    bool(BWRAP_ERROR) and not os.environ.get("CI"), reason=f"bubblewrap unusable: {BWRAP_ERROR}"
+)

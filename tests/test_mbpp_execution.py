@@ -6,22 +6,11 @@ import ast
 import json
 
 import pytest
+from conftest import needs_bwrap
 
 from promptintern.paths import DataNotFoundError, data_file
-from promptintern.sandbox import SandboxUnavailable, get_backend
 from promptintern.tasks.mbpp.execution import MBPP_LIMITS, ExecutionOutcome, build_program, run_candidates
 from promptintern.tasks.mbpp.extract import extract_code
-
-
-def _bwrap_usable() -> bool:
-    try:
-        get_backend("bwrap")
-        return True
-    except SandboxUnavailable:
-        return False
-
-
-needs_bwrap = pytest.mark.skipif(not _bwrap_usable(), reason="bubblewrap unusable here")
 
 ADD = "def add(a, b):\n    return a + b\n"
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]

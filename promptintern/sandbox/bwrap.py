@@ -72,7 +72,7 @@ def _system_mounts() -> list[str]:
 
 def _ro_binds(dirs: list[str]) -> list[str]:
     """Bind ``dirs`` read-only, first creating their ancestors world-traversable (bwrap defaults to 0700)."""
-    argv, made = [], {"/", "/etc", "/usr"}
+    argv, made = [], {"/", "/etc", "/usr", "/tmp", "/sandbox"}
     for path in dirs:
         parts = path.strip("/").split("/")
         for i in range(1, len(parts)):
@@ -126,10 +126,11 @@ class BwrapBackend(Backend):
                RUN_ENV: run.run_id}
         for key, value in env.items():
             argv += ["--setenv", key, value]
-        argv += _system_mounts() + _ro_binds(self.binds)
-        argv += ["--proc", "/proc", "--dev", "/dev"]
+        argv += _system_mounts() + ["--proc", "/proc", "--dev", "/dev"]
         for scratch in ("/tmp", "/sandbox"):
             argv += ["--perms", "1777", "--size", str(SCRATCH_BYTES), "--tmpfs", scratch]
+        # after the scratch tmpfs, so an interpreter installed under /tmp (a CI checkout) stays visible
+        argv += _ro_binds(self.binds)
         argv += ["--remount-ro", "/", "--chdir", "/sandbox"]
         if self.privileged:
             uid = run.state["uid"] = UID_BASE + secrets.randbelow(UID_SPAN)
