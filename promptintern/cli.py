@@ -155,6 +155,13 @@ def prompt_cmd(
     typer.echo(prompt.render(tokenizer))
 
 
+def _stdout_to_stderr():
+    """Library chatter (Trainer logs, progress bars) goes to stderr so stdout holds only our output."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def _experiment(task_name: str, method: str, profile: str, model: str | None, **options):
     from promptintern.profile import load_profile
     from promptintern.run import Experiment
@@ -185,7 +192,8 @@ def train_cmd(
 ) -> None:
     """Train (or resume) a method's LoRA adapter through its stages; prints the adapter path."""
     exp = _experiment(task_name, method, profile, model)
-    adapter = exp.train()
+    with _stdout_to_stderr():
+        adapter = exp.train()
     typer.echo(str(adapter) if adapter else f"method {method} has no training")
 
 
@@ -200,7 +208,8 @@ def generate_cmd(
     """Greedy predictions on the test subset with the method's inference prompt (trains first if needed)."""
     import shutil
 
-    path = _experiment(task_name, method, profile, model).predict()
+    with _stdout_to_stderr():
+        path = _experiment(task_name, method, profile, model).predict()
     if out:
         shutil.copyfile(path, out)
     typer.echo(str(out or path))
@@ -216,7 +225,8 @@ def run_cmd(
 ) -> None:
     """Train, generate and score one experiment; every finished step is reused on a rerun."""
     exp = _experiment(task_name, method, profile, model)
-    result = exp.evaluate()
+    with _stdout_to_stderr():
+        result = exp.evaluate()
     result["directory"] = str(exp.directory)
     table = Table("field", "value", title=f"{task_name} / {method} / {exp.profile.name}")
     lo, hi = result["ci95"]
@@ -247,11 +257,12 @@ def tokens_cmd(
     }
     counter = None
     rows = {}
-    for method in configs:
-        exp = _experiment(task_name, method, profile, model, full_test=True)
-        counter = counter or counter_for(exp.model)
-        prompts = exp.inference_prompts()
-        rows[labels[method]] = sum(counter.count_prompt(p) for p in prompts) / len(prompts)
+    with _stdout_to_stderr():
+        for method in configs:
+            exp = _experiment(task_name, method, profile, model, full_test=True)
+            counter = counter or counter_for(exp.model)
+            prompts = exp.inference_prompts()
+            rows[labels[method]] = sum(counter.count_prompt(p) for p in prompts) / len(prompts)
     full = rows[labels["zero-shot-full"]]
     result = {
         "task": task_name,

@@ -130,3 +130,11 @@ def test_tokens_reports_reduction(tiny_model_dir):
     assert tokens["template + k-shots"] > tokens["template x0.6 + k/2-shots"] > tokens["PromptIntern (query only)"]
     assert tokens["PromptIntern (query only)"] == tokens["no template"]
     assert out["reduction_vs_full"]["PromptIntern (query only)"] == pytest.approx(1 - tokens["no template"] / tokens["template + k-shots"])
+
+
+def test_run_json_stdout_is_pure_json(tiny_model_dir):
+    res = _run("run", "--task", "nl2f", "--method", "promptintern", "--profile", "smoke", "--model", tiny_model_dir,
+               "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)  # Trainer logs and progress bars must not leak into stdout
+    assert out["method"] == "promptintern" and out["n"] == 3 and len(out["ci95"]) == 2
