@@ -120,6 +120,14 @@ class Task(ABC):
     def extract(self, output: str) -> str:
         """The answer contained in raw model output."""
 
+    def predictions_for(self, instances: Sequence[Instance], predictions: Mapping[str, str]) -> list[str]:
+        """The prediction of every instance, in order; raises ``ValueError`` naming ids with none."""
+        missing = [i.id for i in instances if i.id not in predictions]
+        if missing:
+            more = " ..." if len(missing) > 10 else ""
+            raise ValueError(f"{self.name}: no prediction for id(s) {', '.join(missing[:10])}{more}")
+        return [predictions[i.id] or "" for i in instances]
+
     @abstractmethod
     def score(
         self, instances: Sequence[Instance], predictions: Mapping[str, str], **options: Any

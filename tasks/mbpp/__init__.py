@@ -82,11 +82,9 @@ class MBPPTask(Task):
         """pass@1 (0-100): a prediction passes when all asserts ran and held inside the sandbox."""
         from promptintern.tasks.mbpp.execution import run_candidates
 
-        missing = [i.id for i in instances if i.id not in predictions]
-        if missing:
-            raise ValueError(f"no prediction for task_id(s) {', '.join(missing[:10])}")
+        preds = self.predictions_for(instances, predictions)
         jobs = [
-            (i.id, predictions[i.id], i.meta["test_setup_code"], list(i.meta["test_list"])) for i in instances
+            (i.id, p, i.meta["test_setup_code"], list(i.meta["test_list"])) for i, p in zip(instances, preds, strict=True)
         ]
         outcomes = run_candidates(jobs, backend=backend, unsafe=unsafe, workers=workers, progress=progress)
         rows = [

@@ -88,10 +88,7 @@ class NL2BashTask(Task):
         """Corpus BLEU (``bleu``), mean sentence BLEU and ``n``; per-instance sentence BLEU rows."""
         from promptintern.tasks.nl2bash.metric import corpus_bleu, sentence_bleu
 
-        missing = [i.id for i in instances if i.id not in predictions]
-        if missing:
-            raise ValueError(f"no prediction for NL2Bash id(s) {', '.join(missing[:10])}")
-        preds = [str(predictions[i.id]).strip() for i in instances]
+        preds = [str(p).strip() for p in self.predictions_for(instances, predictions)]
         refs = [i.reference.strip() for i in instances]
         bleu, signature = corpus_bleu(preds, refs) if instances else (0.0, None)
         rows = [
