@@ -11,6 +11,7 @@ setup: system-deps venv
 
 system-deps:
 	@command -v bwrap >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq bubblewrap; }
+	@python3 -c 'import ensurepip' 2>/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv; }
 
 venv:
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
