@@ -100,12 +100,12 @@ def eval_cmd(
     if oracle == (predictions is not None):
         raise typer.BadParameter("give exactly one of --predictions FILE or --oracle")
     task = get_task(task_name)
-    task.check_split(split)
+    instances = task.load(split)  # read once: validation and scoring share it
     try:
         preds = (
-            oracle_predictions(task, split)
+            oracle_predictions(instances)
             if oracle
-            else load_predictions(task, split, predictions, extract=extract, partial=partial)
+            else load_predictions(task, instances, predictions, extract=extract, partial=partial)
         )
     except PredictionsError as exc:
         typer.echo(str(exc), err=True)
@@ -113,7 +113,7 @@ def eval_cmd(
     backend = "subprocess" if unsafe_no_sandbox else sandbox
     score = evaluate(
         task,
-        split,
+        instances,
         preds,
         partial=partial and not oracle,
         backend=backend,

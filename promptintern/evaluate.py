@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from promptintern.predictions import read_predictions
-from promptintern.tasks import Task, TaskScore
+from promptintern.tasks import Instance, Task, TaskScore
 
 
 def load_predictions(
-    task: Task, split: str, path: str | Path, *, extract: bool = False, partial: bool = False
+    task: Task, instances: Sequence[Instance], path: str | Path, *, extract: bool = False, partial: bool = False
 ) -> dict[str, str]:
-    """Validated ``{id: prediction}`` for ``split``.
+    """Validated ``{id: prediction}`` for a split's ``instances``.
 
     ``extract`` applies the task's answer extractor; ``partial`` accepts a file covering only some ids.
     """
-    records = read_predictions(path, task.load(split), allow_missing=partial)
+    records = read_predictions(path, instances, allow_missing=partial)
     return {tid: task.extract(r.prediction) if extract else r.prediction for tid, r in records.items()}
 
 
-def oracle_predictions(task: Task, split: str) -> dict[str, str]:
-    """The split's gold answers, keyed by id."""
-    return {inst.id: inst.reference for inst in task.load(split)}
+def oracle_predictions(instances: Sequence[Instance]) -> dict[str, str]:
+    """The gold answers, keyed by id."""
+    return {inst.id: inst.reference for inst in instances}
 
 
 def evaluate(
-    task: Task, split: str, predictions: dict[str, str], *, partial: bool = False, **options: Any
+    task: Task, instances: Sequence[Instance], predictions: dict[str, str], *, partial: bool = False, **options: Any
 ) -> TaskScore:
-    """Score ``predictions`` (``{id: answer}``) on ``split`` (only the predicted ids when ``partial``)."""
-    instances = task.load(split)
+    """Score ``predictions`` (``{id: answer}``) on ``instances`` (only the predicted ids when ``partial``)."""
     if partial:
         instances = [i for i in instances if i.id in predictions]
     return task.score(instances, predictions, **options)

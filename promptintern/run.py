@@ -301,12 +301,14 @@ def _read_ids(path: Path) -> set[str]:
     """Ids already predicted; a torn last line (killed run) is dropped and rewritten."""
     if not path.is_file():
         return set()
+    lines = path.read_text(encoding="utf-8").splitlines()
     good, ids = [], set()
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in lines:
         try:
             ids.add(str(json.loads(line)["task_id"]))
             good.append(line)
         except (ValueError, KeyError):
             break
-    atomic_write_text(path, "".join(g + "\n" for g in good))
+    if len(good) < len(lines):  # rewrite only when a torn tail has to go
+        atomic_write_text(path, "".join(g + "\n" for g in good))
     return ids
