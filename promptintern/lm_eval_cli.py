@@ -1,0 +1,207 @@
+"""``promptintern lm-eval``: the suite's tasks through lm-evaluation-harness (HF backend).
+
+A thin wrapper over ``lm_eval.simple_evaluate`` with the ``promptintern_*`` task configs of
+``tasks/*/lm_eval/``: it resolves ``embedded`` and other suite model names, loads a PromptIntern LoRA
+adapter with ``peft``, picks device and dtype as ``promptintern.models.load_model`` does and applies the
+model's chat template when it has one (as ``Prompt.render`` does). Results keep the suite's 0-100 scale.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from promptintern.tasks import TASK_NAMES
+
+
+def _lm_eval_names(tasks: list[str] | None, prompt: str) -> list[str]:
+    from promptintern.tasks.lm_eval_support import PREFIX, PROMPTS
+
+    if prompt not in PROMPTS:
+        raise ValueError(f"unknown prompt {prompt!r}; choose from {', '.join(PROMPTS)}")
+    unknown = [t for t in tasks or () if t not in TASK_NAMES]
+    if unknown:
+        raise ValueError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASK_NAMES)}")
+    suffix = "_full" if prompt == "full" else ""
+    return [PREFIX + t + suffix for t in (tasks or TASK_NAMES)]
+
+
+def run_lm_eval(
+    tasks: list[str] | None = None,
+    *,
+    prompt: str = "query",
+    model: str = "embedded",
+    adapter: str | Path | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    shots: int | None = None,
+    batch_size: int = 1,
+    device: str | None = None,
+    dtype: str | None = None,
+    chat_template: bool | None = None,
+    max_new_tokens: int | None = None,
+    sandbox: str = "bwrap",
+    log_samples: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``model`` (+ ``adapter``) on the suite's tasks; returns ``simple_evaluate``'s dict.
+
+    ``chat_template=None`` applies the tokenizer's chat template when it has one.
+    """
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from promptintern.models import load_tokenizer, resolve
+    from promptintern.tasks.lm_eval_support import include_path
+
+    names = _lm_eval_names(tasks, prompt)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise ValueError(f"{adapter} is not a peft adapter folder (no adapter_config.json)")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    if chat_template is None:
+        chat_template = bool(getattr(load_tokenizer(model), "chat_template", None))
+    model_args: dict[str, Any] = {"pretrained": resolve(model), "device": device, "dtype": dtype}
+    if adapter is not None:
+        model_args["peft"] = str(adapter)
+    metadata: dict[str, Any] = {"split": split, "sandbox": sandbox}
+    if shots is not None:
+        metadata["shots"] = shots
+    manager = TaskManager(include_path=include_path(), include_defaults=False, metadata=metadata)
+    results = simple_evaluate(
+        model="hf",
+        model_args=model_args,
+        tasks=names,
+        batch_size=batch_size,
+        limit=limit,
+        task_manager=manager,
+        apply_chat_template=chat_template,
+        gen_kwargs={"max_gen_toks": max_new_tokens} if max_new_tokens else None,
+        log_samples=log_samples,
+    )
+    if results is None:  # non-zero ranks of a distributed run
+        raise RuntimeError("lm-eval returned no results (not the main process)")
+    results["promptintern"] = {
+        "model": model,
+        "adapter": str(adapter) if adapter else None,
+        "prompt": prompt,
+        "split": split,
+        "limit": limit,
+        "chat_template": chat_template,
+    }
+    return results
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Metrics per task (``"pass@1,none"`` -> ``"pass@1"``), sample counts and the run's settings."""
+    metrics = {
+        task: {k.split(",")[0]: v for k, v in row.items() if "," in k and v != "N/A"}
+        for task, row in results["results"].items()
+    }
+    return {**results.get("promptintern", {}), "metrics": metrics, "n": results.get("n-samples", {})}
+
+
+def write_predictions(results: dict[str, Any], directory: Path) -> list[Path]:
+    """``<lm-eval task>.jsonl`` per task: ``task_id``, extracted ``prediction``, raw ``output``, metrics.
+
+    The files are predictions files of the suite (``promptintern eval --predictions F [--partial]``).
+    """
+    from promptintern.predictions import write_jsonl
+    from promptintern.tasks import get_task
+
+    paths = []
+    for name, samples in results.get("samples", {}).items():
+        task = get_task(samples[0]["doc"]["task"]) if samples else None
+        rows = []
+        for s in samples:
+            output = s["filtered_resps"][0] if s["filtered_resps"] else ""
+            metrics = {k: s[k] for k in s.get("metrics", []) if k in s and isinstance(s[k], (int, float))}
+            rows.append(
+                {"task_id": s["doc"]["id"], "prediction": task.extract(output), "output": output} | metrics
+            )
+        path = directory / f"{name}.jsonl"
+        write_jsonl(path, rows)
+        paths.append(path)
+    return paths
+
+
+def lm_eval_cmd(
+    task: list[str] = typer.Option(
+        None, "--task", "-t", help=f"Tasks (default: all): {', '.join(TASK_NAMES)}."
+    ),
+    prompt: str = typer.Option(
+        "query", help="query: query-only prompt (PromptIntern); full: template + k examples (untrained)."
+    ),
+    model: str = typer.Option("embedded", help="'embedded', a HF id or a local checkpoint path."),
+    adapter: Path | None = typer.Option(
+        None, help="A peft LoRA adapter folder (a PromptIntern run's train/adapter)."
+    ),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    limit: int | None = typer.Option(None, help="Evaluate the first N instances of each task."),
+    shots: int | None = typer.Option(None, help="Examples in --prompt full (default: the task's paper k)."),
+    batch_size: int = typer.Option(1, help="Generation batch size."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:0, ... (default: cuda if available)."),
+    dtype: str | None = typer.Option(
+        None, help="float32, bfloat16, ... (default: bfloat16 on cuda, else float32)."
+    ),
+    chat_template: bool | None = typer.Option(
+        None,
+        "--chat-template/--no-chat-template",
+        help="Apply the chat template (default: when the model has one).",
+    ),
+    max_new_tokens: int | None = typer.Option(None, help="Override the task's generation length."),
+    sandbox: str = typer.Option("bwrap", help="MBPP execution backend: bwrap or docker."),
+    out: Path | None = typer.Option(None, help="Write lm-eval's full results JSON here."),
+    predictions_dir: Path | None = typer.Option(
+        None, help="Write <task>.jsonl predictions (task_id, prediction, output, metrics) here."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Evaluate a model on MBPP / NL2F / NL2Bash with lm-evaluation-harness and the suite's metrics."""
+    from promptintern.io import write_json
+
+    try:
+        results = run_lm_eval(
+            task or None,
+            prompt=prompt,
+            model=model,
+            adapter=adapter,
+            split=split,
+            limit=limit,
+            shots=shots,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            chat_template=chat_template,
+            max_new_tokens=max_new_tokens,
+            sandbox=sandbox,
+            log_samples=predictions_dir is not None,
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    summary = summarize(results)
+    if out:
+        write_json(out, {k: v for k, v in results.items() if k != "samples"})
+    if predictions_dir:
+        summary["predictions"] = [str(p) for p in write_predictions(results, predictions_dir)]
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("task", "metric", "value", "n", title=f"lm-eval: {model} ({prompt} prompt, {split})")
+    for name, metrics in summary["metrics"].items():
+        n = summary["n"].get(name, {}).get("effective", "")
+        for key, value in metrics.items():
+            if not key.endswith("_stderr"):
+                stderr = metrics.get(f"{key}_stderr")
+                shown = f"{value:.2f}" + (f" ± {stderr:.2f}" if isinstance(stderr, float) else "")
+                table.add_row(name, key, shown, str(n))
+    Console().print(table)
