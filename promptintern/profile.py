@@ -38,9 +38,32 @@ class MethodSpec(_Strict):
     stages: int = 3
     template_schedule: ScheduleSpec = ScheduleSpec()
     example_pattern: str = "linear"
+    #: Overrides ``example_pattern``: start/end are FRACTIONS of the task's k (e.g. constant 0 = no examples).
+    example_schedule: ScheduleSpec | None = None
     instruction_compressor: CompressorSpec = CompressorSpec()
     document_compressor: CompressorSpec | None = None
     retrieval_fraction: float = 1.0
+
+
+class GistSpec(_Strict):
+    """Gist tokens (Mu et al.): ``num_gist`` tokens after template + examples; ``shots`` None = the task's k."""
+
+    num_gist: int = Field(1, ge=1)
+    shots: int | None = Field(None, ge=0)
+
+
+class BaselineSpec(_Strict):
+    """Settings of the paper's baselines.
+
+    Compression baselines keep ``rate`` of the template (τ_tmp, 0.3 in the paper) and ``shots`` examples.
+    ``compressors`` gives constructor options per baseline; an option value ``"$model"`` is replaced by the
+    experiment's model (so a run with ``--model PATH`` compresses with that model too).
+    """
+
+    rate: float = Field(0.3, gt=0.0, lt=1.0)
+    shots: int = Field(0, ge=0)
+    compressors: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    gist: GistSpec = GistSpec()
 
 
 class TrainSpec(_Strict):
@@ -79,6 +102,7 @@ class Profile(_Strict):
     model: str = "embedded"
     seed: int = 0
     method: MethodSpec = MethodSpec()
+    baselines: BaselineSpec = BaselineSpec()
     train: TrainSpec = TrainSpec()
     generation: GenerationSpec = GenerationSpec()
     tasks: dict[str, TaskSpec] = Field(default_factory=dict)

@@ -4,10 +4,14 @@ Artifacts live in ``$PROMPTINTERN_HOME/runs/<profile>/<task>/<method>/<key>/`` w
 setting that changes the result, so a rerun reuses what is finished: a trained adapter, predictions
 (written one line at a time and resumed by id) and scores.
 
-Methods: ``promptintern`` (progressive schedules of the profile), ``zero-shot`` / ``zero-shot-full`` (no
-training; query only / full template + k shots), and the direct fine-tuning configurations ``ft-full`` (template + k shots), ``ft-compressed``
-(template×0.6 + k/2 shots), ``ft-template`` (template only) and ``ft-none`` (no template): constant
-schedules over the same number of stages, trained and evaluated with the same prompt.
+Methods: ``promptintern`` (progressive schedules of the profile) and every baseline of
+:mod:`promptintern.baselines`: the untrained rows ``zero-shot`` / ``zero-shot-full``; the direct fine-tuning
+configurations ``ft-full`` (template + k shots), ``ft-compressed`` (template×0.6 + k/2 shots), ``ft-template``
+and ``ft-none``; the compression baselines ``selective-context``, ``llmlingua``, ``longllmlingua``,
+``llmlingua2`` and ``gpt4-generation`` (whole template at the profile's ``baselines.rate``); and ``gist``.
+Baselines use constant schedules over the same number of stages and are served with the prompt they
+trained on. Wall time per phase accumulates in ``timings.json``; ``scores.json`` carries the rate requested
+and achieved, input tokens, latency and timings next to the metric.
 """
 
 from __future__ import annotations
@@ -15,27 +19,22 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from promptintern import __version__
+from promptintern.baselines import COMPRESSION_BASELINES, DIRECT_FT, GIST, ZERO_SHOT, BaselineUnavailable
 from promptintern.io import atomic_write_text, write_json
 from promptintern.paths import home
 from promptintern.profile import Profile, TrainSpec
-from promptintern.schedule import Schedule
+from promptintern.schedule import Schedule, example_counts
 from promptintern.stages import StagePlan, build_stage_datasets, example_map, plan_stages, stage_prompt
-from promptintern.tasks import Instance, Task, get_task
+from promptintern.tasks import Instance, Task, Template, get_task
 
-DIRECT_FT = {  # name: (template rate τ, fraction of the task's k)
-    "ft-full": (1.0, 1.0),
-    "ft-compressed": (0.6, 0.5),
-    "ft-template": (1.0, 0.0),
-    "ft-none": (0.0, 0.0),
-}
-ZERO_SHOT = {"zero-shot": (0.0, 0.0), "zero-shot-full": (1.0, 1.0)}  # untrained: query only / full prompt
-METHODS = ("promptintern", *ZERO_SHOT, *DIRECT_FT)
+METHODS = ("promptintern", *ZERO_SHOT, *DIRECT_FT, *COMPRESSION_BASELINES, GIST)
 
 
 def _slug(model: str) -> str:
@@ -78,29 +77,73 @@ class Experiment:
     def shots(self) -> int:
         return self.profile.task(self.task_name).shots or self.task.paper_shots[0]
 
+    @property
+    def baseline(self):
+        """The compression baseline's definition, or None."""
+        return COMPRESSION_BASELINES.get(self.method)
+
     def schedules(self) -> tuple[Schedule, Schedule]:
         m = self.profile.method
         if self.method == "promptintern":
             ts = m.template_schedule
             tmpl = Schedule(ts.pattern, ts.start, ts.end, m.stages, ts.rate)
-            return tmpl, Schedule(m.example_pattern, float(self.shots), 0.0, m.stages, ts.rate)
-        tau, frac = {**ZERO_SHOT, **DIRECT_FT}[self.method]
+            es = m.example_schedule
+            if es is None:
+                return tmpl, Schedule(m.example_pattern, float(self.shots), 0.0, m.stages, ts.rate)
+            k0, k1 = float(round(self.shots * es.start)), float(round(self.shots * es.end))
+            return tmpl, Schedule(es.pattern, k0, k1, m.stages, es.rate)
+        if self.baseline:
+            tau, k = self.profile.baselines.rate, float(self.profile.baselines.shots)
+        elif self.method == GIST:
+            gist = self.profile.baselines.gist
+            tau, k = 1.0, float(self.shots if gist.shots is None else gist.shots)
+        else:
+            tau, frac = {**ZERO_SHOT, **DIRECT_FT}[self.method]
+            k = float(int(self.shots * frac))
         stages = m.stages if self.trains else 1
-        k = float(int(self.shots * frac))
         return Schedule("constant", tau, tau, stages), Schedule("constant", k, k, stages)
 
-    def compressor(self):
-        from promptintern.compress import TemplateCompressor, get_compressor
+    def compressor_options(self) -> dict[str, Any]:
+        """The baseline's compressor options from the profile, ``"$model"`` replaced by this run's model."""
+        options = self.profile.baselines.compressors.get(self.method, {})
+        return {k: (self.model if v == "$model" else v) for k, v in options.items()}
 
+    def compressor(self):
+        """The ``TemplateCompressor`` of this method (raises :class:`BaselineUnavailable` if it cannot run)."""
+        from promptintern.compress import LLMLingua2CheckpointError, TemplateCompressor, get_compressor
+
+        if self.baseline:
+            try:
+                backend = get_compressor(self.baseline.compressor, **self.compressor_options())
+            except LLMLingua2CheckpointError as exc:
+                raise BaselineUnavailable(f"{self.method}: {exc}") from None
+            return TemplateCompressor(backend, whole=True)
         m = self.profile.method
         inst = get_compressor(m.instruction_compressor.name, **m.instruction_compressor.options)
         doc = m.document_compressor
         return TemplateCompressor(inst, get_compressor(doc.name, **doc.options) if doc else None)
 
+    def unavailable(self) -> str | None:
+        """Why this experiment cannot run here (no model is loaded to find out), else None."""
+        if not (self.baseline or self.method == "promptintern"):
+            return None
+        try:
+            self.compressor()
+        except BaselineUnavailable as exc:
+            return str(exc)
+        return None
+
+    @property
+    def question_aware(self) -> bool:
+        return bool(self.baseline and self.baseline.question_aware)
+
     def _plans(self, last_only: bool) -> list[StagePlan]:
         tmpl, egs = self.schedules()
         taus = tmpl.values()[-1:] if last_only else tmpl.values()
         needs = any(0.0 < t < 1.0 for t in taus)
+        if needs and self.question_aware:  # template=None: compressed per instance, see instance_templates
+            rows = list(enumerate(zip(tmpl.values(), example_counts(egs), strict=True), 1))
+            return [StagePlan(i, tau, k, None) for i, (tau, k) in (rows[-1:] if last_only else rows)]
         return plan_stages(self.task, tmpl, egs, self.compressor() if needs else None, last_only=last_only)
 
     @cached_property
@@ -117,11 +160,30 @@ class Experiment:
     def trains(self) -> bool:
         return self.method not in ZERO_SHOT
 
+    def instance_templates(self, instances: list[Instance], progress: bool = False):
+        """Question-aware baselines: every instance's template compressed with its query as the question
+        (cached on disk); None for every other method. Returns ``{id: TemplateCompression}``."""
+        tau = self.inference_plan.tau
+        if not (self.question_aware and 0.0 < tau < 1.0):
+            return None
+        from tqdm import tqdm
+
+        compressor, template = self.compressor(), self.task.template()
+        return {
+            inst.id: compressor.compress_with_stats(template, tau, question=inst.query)
+            for inst in tqdm(instances, disable=not progress, desc=f"compress {self.method} per query")
+        }
+
     # -- identity ---------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         tmpl, egs = self.schedules()
         p = self.profile
-        return {
+        extra: dict[str, Any] = {}  # only for baselines, so the keys of earlier runs stay valid
+        if self.baseline:
+            extra["baseline"] = {"compressor": self.baseline.compressor, "options": self.compressor_options()}
+        elif self.method == GIST:
+            extra["gist"] = p.baselines.gist.model_dump()
+        return extra | {
             "version": __version__,
             "task": self.task_name,
             "method": self.method,
@@ -164,9 +226,10 @@ class Experiment:
             fraction=self.profile.method.retrieval_fraction,
             seed=self.profile.seed,
         )
-        return [stage_prompt(self.task, inst, plan, shots[inst.id]) for inst in self.test_set]
+        templates = _templates(self.instance_templates(self.test_set))
+        return [stage_prompt(self.task, inst, plan, shots[inst.id], templates) for inst in self.test_set]
 
-    def stage_datasets(self):
+    def stage_datasets(self, progress: bool = False):
         return build_stage_datasets(
             self.task,
             self.train_set,
@@ -174,6 +237,7 @@ class Experiment:
             bank=self.bank,
             fraction=self.profile.method.retrieval_fraction,
             seed=self.profile.seed,
+            templates=_templates(self.instance_templates(self.train_set, progress)),
         )
 
     def train_config(self, output_dir: Path | None = None):
@@ -190,49 +254,78 @@ class Experiment:
         return {name: getattr(config, name) for name in TrainSpec.model_fields}
 
     # -- steps ------------------------------------------------------------------------------------
+    @contextmanager
+    def _timed(self, phase: str):
+        """Add this phase's wall time to ``timings.json`` (accumulates over resumed sessions)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            timings = self._read_json("timings.json", {})
+            timings[phase] = round(timings.get(phase, 0.0) + time.perf_counter() - t0, 3)
+            self._write_json("timings.json", timings)
+
     def train(self, progress: bool = True) -> Path | None:
         """Train (or resume) the adapter; ``None`` for methods without training."""
         if not self.trains:
             return None
-        from promptintern.train import train_progressive
-
         config = self.train_config()
+        with self._timed("compress"):
+            datasets = self.stage_datasets(progress)
         self._write_json("settings.json", self.settings())
         self._write_json("plan.json", [self._plan_row(p) for p in self.plans])
-        return train_progressive(self.stage_datasets(), config, progress=progress)
+        with self._timed("train"):
+            if self.method == GIST:
+                from promptintern.baselines.gist import train_gist
+
+                num_gist = self.profile.baselines.gist.num_gist
+                return train_gist(datasets, config, num_gist, progress=progress)
+            from promptintern.train import train_progressive
+
+            return train_progressive(datasets, config, progress=progress)
+
+    def _load_for_generation(self, progress: bool):
+        adapter = self.train(progress) if self.trains else None
+        if self.method == GIST:
+            from promptintern.baselines.gist import load_gist_model
+
+            return load_gist_model(self.model, adapter)
+        if adapter is not None:
+            from promptintern.train import load_for_inference
+
+            return load_for_inference(self.model, adapter)
+        from promptintern.models import load_model, load_tokenizer
+
+        return load_model(self.model), load_tokenizer(self.model)
+
+    def _generations(self, model, tok, prompts):
+        gen = self.profile.generation_for(self.task_name)
+        max_new = gen.max_new_tokens or self.task.max_new_tokens
+        if self.method == GIST:
+            from promptintern.baselines.gist import generate_gist
+
+            num_gist = self.profile.baselines.gist.num_gist
+            return generate_gist(model, tok, prompts, num_gist=num_gist, max_new_tokens=max_new)
+        from promptintern.generate import generate
+
+        rendered = [p.render(tok) for p in prompts]
+        return generate(model, tok, rendered, max_new_tokens=max_new, batch_size=gen.batch_size)
 
     def predict(self, progress: bool = True) -> Path:
         """Greedy predictions for the test subset, appended line by line and resumed by id."""
         from tqdm import tqdm
 
-        from promptintern.generate import generate
-        from promptintern.models import load_model, load_tokenizer
-
         out = self.directory / "predictions.jsonl"
         done = _read_ids(out)
-        todo = [
-            (i, p) for i, p in zip(self.test_set, self.inference_prompts(), strict=True) if i.id not in done
-        ]
+        with self._timed("compress"):
+            prompts = self.inference_prompts()
+        todo = [(i, p) for i, p in zip(self.test_set, prompts, strict=True) if i.id not in done]
         if not todo:
             return out
-        adapter = self.train(progress) if self.trains else None
-        if adapter is not None:
-            from promptintern.train import load_for_inference
-
-            model, tok = load_for_inference(self.model, adapter)
-        else:
-            model, tok = load_model(self.model), load_tokenizer(self.model)
-        gen = self.profile.generation_for(self.task_name)
-        rendered = [p.render(tok) for _, p in todo]
-        stream = generate(
-            model,
-            tok,
-            rendered,
-            max_new_tokens=gen.max_new_tokens or self.task.max_new_tokens,
-            batch_size=gen.batch_size,
-        )
+        model, tok = self._load_for_generation(progress)
+        stream = self._generations(model, tok, [p for _, p in todo])
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a", encoding="utf-8") as fh:
+        with self._timed("generate"), open(out, "a", encoding="utf-8") as fh:
             for (inst, _), g in tqdm(
                 zip(todo, stream, strict=True),
                 total=len(todo),
@@ -247,9 +340,22 @@ class Experiment:
                     "output_tokens": g.output_tokens,
                     "latency_s": round(g.latency_s, 4),
                 }
+                if getattr(g, "prefix_tokens", None) is not None:  # gist: the prefix its cached KV replaces
+                    rec["prefix_tokens"] = g.prefix_tokens
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 fh.flush()
         return out
+
+    def compression_stats(self) -> dict[str, Any]:
+        """Template rate requested (τ served) and achieved (mean over instances when question-aware)."""
+        plan = self.inference_plan
+        per_instance = self.instance_templates(self.test_set)
+        if per_instance is not None:
+            rates = [c.rate_achieved for c in per_instance.values()]
+            achieved = sum(rates) / len(rates)
+        else:
+            achieved = plan.template_rate_achieved
+        return {"rate_requested": plan.tau, "rate_achieved": achieved, "shots": plan.shots}
 
     def evaluate(self, progress: bool = True, **score_options: Any) -> dict[str, Any]:
         """Score the predictions (cached in ``scores.json``) with a 95 % bootstrap interval."""
@@ -273,6 +379,8 @@ class Experiment:
             "input_tokens_mean": sum(r.extra["input_tokens"] for r in records.values()) / n,
             "latency_s_mean": sum(r.extra["latency_s"] for r in records.values()) / n,
             "eval_wall_s": time.perf_counter() - t0,
+            "template": self.compression_stats(),
+            "timings_s": self._read_json("timings.json", {}),
             "settings_key": self.key,
             "method": self.method,
             "model": self.model,
@@ -293,8 +401,16 @@ class Experiment:
             "template_rate_achieved": plan.template_rate_achieved,
         }
 
+    def _read_json(self, name: str, default: Any) -> Any:
+        path = self.directory / name
+        return json.loads(path.read_text()) if path.is_file() else default
+
     def _write_json(self, name: str, obj: Any) -> None:
         write_json(self.directory / name, obj)
+
+
+def _templates(compressions) -> dict[str, Template] | None:
+    return None if compressions is None else {k: c.template for k, c in compressions.items()}
 
 
 def _read_ids(path: Path) -> set[str]:

@@ -7,7 +7,7 @@ instances) and cached; examples are retrieved once at the largest k and sliced p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from promptintern.prompt import Prompt, build_prompt
@@ -69,8 +69,17 @@ def example_map(
     return {iid: [by_id[b] for b in chosen] for iid, chosen in ids.items()}
 
 
-def stage_prompt(task: Task, instance: Instance, plan: StagePlan, examples: Sequence[Instance]) -> Prompt:
-    return build_prompt(task, instance, plan.template, list(examples)[: plan.shots])
+def stage_prompt(
+    task: Task,
+    instance: Instance,
+    plan: StagePlan,
+    examples: Sequence[Instance],
+    templates: Mapping[str, Template | None] | None = None,
+) -> Prompt:
+    """``instance``'s prompt at ``plan``; ``templates`` (by instance id) overrides the plan's template
+    (question-aware compression gives every instance its own)."""
+    template = templates[instance.id] if templates is not None else plan.template
+    return build_prompt(task, instance, template, list(examples)[: plan.shots])
 
 
 def build_stage_datasets(
@@ -81,14 +90,20 @@ def build_stage_datasets(
     bank: Sequence[Instance] | None = None,
     fraction: float = 1.0,
     seed: int = 0,
+    templates: Mapping[str, Template | None] | None = None,
 ) -> list[list[TrainExample]]:
-    """Training examples per stage: the stage's prompt for each instance and its gold answer."""
+    """Training examples per stage: the stage's prompt for each instance and its gold answer.
+
+    ``templates`` (by instance id) replaces every stage's template, for question-aware compression.
+    """
     bank = train if bank is None else bank
     shots = example_map(train, bank, max(p.shots for p in plans), fraction=fraction, seed=seed)
     return [
         [
             TrainExample(
-                inst.id, stage_prompt(task, inst, plan, shots[inst.id]), task.format_answer(inst.reference)
+                inst.id,
+                stage_prompt(task, inst, plan, shots[inst.id], templates),
+                task.format_answer(inst.reference),
             )
             for inst in train
         ]

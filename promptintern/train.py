@@ -23,6 +23,10 @@ Multi-GPU: the ``Trainer`` is accelerate-aware, so launching any entry point tha
 :func:`train_progressive` with ``accelerate launch`` (or ``torchrun``) trains data-parallel; only the main
 process writes files. ``device``/``dtype``: cpu or cuda (pick GPUs with ``CUDA_VISIBLE_DEVICES``);
 bf16 weights and autocast on cuda by default, float32 on cpu; LoRA weights stay float32.
+
+Other methods reuse this machinery through :class:`StageHooks` (tokenizer, prompt rendering, base-model
+preparation, extra LoRA options, collator; the Gist baseline in ``promptintern.baselines.gist``); their settings are
+fingerprinted under ``method`` in ``config.json``. Without hooks everything above is unchanged.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from promptintern.collate import PadCollator, encode, end_of_turn
@@ -81,6 +85,30 @@ class TrainConfig:
     logging_steps: int = 10
 
 
+@dataclass(frozen=True)
+class StageHooks:
+    """Optional changes to the stage machinery for methods built on it; every default keeps PromptIntern's.
+
+    ``settings``: the method's own settings, fingerprinted (``config.json`` key ``method``) so a run with
+    other settings is refused. ``tokenizer``: used instead of ``load_tokenizer(config.model)``. ``render``:
+    ``(prompt, tokenizer) -> training prompt text`` instead of ``prompt.render(tokenizer)``. ``prepare_base``:
+    ``(base model, tokenizer) -> model``, applied to the base model before the adapter is created or loaded.
+    ``lora_options``: extra ``LoraConfig`` arguments (stage 1; later stages load the saved adapter config).
+    ``prepare_model``: ``(peft model) -> model`` before training. ``collator``: ``tokenizer -> data collator``.
+    """
+
+    settings: Mapping | None = None
+    tokenizer: object | None = None
+    render: Callable | None = None
+    prepare_base: Callable | None = None
+    lora_options: Mapping = field(default_factory=dict)
+    prepare_model: Callable | None = None
+    collator: Callable | None = None
+
+
+NO_HOOKS = StageHooks()
+
+
 class ConfigMismatchError(RuntimeError):
     """Raised when ``output_dir`` holds a run made with another config or other stage data."""
 
@@ -103,14 +131,22 @@ def _stage_hash(examples: Sequence[TrainExample]) -> str:
     return _sha256([[ex.id, asdict(ex.prompt), ex.answer] for ex in examples])
 
 
-def fingerprint(stages: Sequence[Sequence[TrainExample]], config: TrainConfig) -> dict:
-    """What a resumable run must share with the run recorded in ``output_dir/config.json``."""
+def fingerprint(
+    stages: Sequence[Sequence[TrainExample]], config: TrainConfig, settings: Mapping | None = None
+) -> dict:
+    """What a resumable run must share with the run recorded in ``output_dir/config.json``.
+
+    ``settings`` (a method's own settings, see :class:`StageHooks`) are recorded under ``method``.
+    """
     cfg = _config_dict(config)
-    return {
+    found = {
         "config": cfg,
         "config_sha256": _sha256(cfg),
         "stages": [{"examples": len(s), "sha256": _stage_hash(s)} for s in stages],
     }
+    if settings:
+        found["method"] = json.loads(json.dumps(dict(settings), sort_keys=True))
+    return found
 
 
 def _check_or_record(out: Path, current: dict) -> None:
@@ -127,6 +163,7 @@ def _check_or_record(out: Path, current: dict) -> None:
     if (
         recorded.get("config_sha256") == current["config_sha256"]
         and recorded.get("stages") == current["stages"]
+        and recorded.get("method") == current.get("method")
     ):
         return
     old, new = recorded.get("config", {}), current["config"]
@@ -135,6 +172,8 @@ def _check_or_record(out: Path, current: dict) -> None:
         for k in sorted(set(old) | set(new))
         if old.get(k) != new.get(k)
     ]
+    if recorded.get("method") != current.get("method"):
+        diffs.append(f"method settings: {recorded.get('method')!r} -> {current.get('method')!r}")
     old_stages, new_stages = recorded.get("stages", []), current["stages"]
     if len(old_stages) != len(new_stages):
         diffs.append(f"number of stages: {len(old_stages)} -> {len(new_stages)}")
@@ -208,24 +247,29 @@ def _dtype(config: TrainConfig, device: str) -> str:
     return config.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
 
 
-def _stage_model(config: TrainConfig, previous: Path | None, seed: int):
+def _stage_model(config: TrainConfig, previous: Path | None, seed: int, tokenizer, hooks: StageHooks):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import set_seed
 
     device = _device(config)
     base = load_model(config.model, device=device, dtype=_dtype(config, device))
     base.config.use_cache = False
+    if hooks.prepare_base is not None:
+        base = hooks.prepare_base(base, tokenizer)
     if previous is not None:
-        return PeftModel.from_pretrained(base, str(previous), is_trainable=True)
-    lora = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules),
-    )
-    set_seed(seed)  # LoRA A matrices are drawn here
-    return get_peft_model(base, lora)
+        model = PeftModel.from_pretrained(base, str(previous), is_trainable=True)
+    else:
+        lora = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.target_modules),
+            **hooks.lora_options,
+        )
+        set_seed(seed)  # LoRA A matrices are drawn here
+        model = get_peft_model(base, lora)
+    return hooks.prepare_model(model) if hooks.prepare_model is not None else model
 
 
 def _training_args(config: TrainConfig, stage_dir: Path, seed: int, progress: bool):
@@ -283,9 +327,17 @@ def _stats(encoded) -> dict:
     }
 
 
-def _encode_stage(index: int, examples, tokenizer, eot: str, max_length: int) -> tuple[list[dict], dict]:
+def _encode_stage(
+    index: int, examples, tokenizer, eot: str, max_length: int, render: Callable | None = None
+) -> tuple[list[dict], dict]:
     encoded = [
-        encode(tokenizer, ex.prompt.render(tokenizer), ex.answer, eot=eot, max_length=max_length)
+        encode(
+            tokenizer,
+            render(ex.prompt, tokenizer) if render is not None else ex.prompt.render(tokenizer),
+            ex.answer,
+            eot=eot,
+            max_length=max_length,
+        )
         for ex in examples
     ]
     stats = _stats(encoded)
@@ -332,16 +384,19 @@ def _save_stage(trainer, stage_dir: Path, metrics: dict) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def _train_stage(index, examples, config, tokenizer, eot, previous, progress, callbacks) -> None:
+def _train_stage(index, examples, config, tokenizer, eot, previous, progress, callbacks, hooks) -> None:
     from transformers import Trainer
 
     stage_dir = Path(config.output_dir) / f"stage-{index}"
     seed = config.seed + index - 1
-    dataset, stats = _encode_stage(index, examples, tokenizer, eot, config.max_length)
+    dataset, stats = _encode_stage(index, examples, tokenizer, eot, config.max_length, hooks.render)
+    collator = (
+        hooks.collator(tokenizer) if hooks.collator is not None else PadCollator(tokenizer.pad_token_id)
+    )
     trainer = Trainer(
-        model=_stage_model(config, previous, seed),
+        model=_stage_model(config, previous, seed, tokenizer, hooks),
         args=_training_args(config, stage_dir, seed, progress),
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=collator,
         train_dataset=dataset,
         callbacks=list(callbacks),
     )
@@ -380,17 +435,20 @@ def train_progressive(
     *,
     progress: bool = True,
     callbacks: Sequence = (),
+    hooks: StageHooks | None = None,
 ) -> Path:
     """Train one LoRA adapter through ``stages`` in order; returns ``output_dir/adapter``.
 
-    ``callbacks`` are extra ``transformers.TrainerCallback`` objects given to every stage's Trainer.
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects given to every stage's Trainer;
+    ``hooks`` adapt the machinery to another method (:class:`StageHooks`).
     """
     if not stages or any(len(s) == 0 for s in stages):
         raise ValueError("need at least one stage, each with at least one example")
+    hooks = hooks or NO_HOOKS
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_or_record(out, fingerprint(stages, config))
-    tokenizer = load_tokenizer(config.model)
+    _check_or_record(out, fingerprint(stages, config, hooks.settings))
+    tokenizer = hooks.tokenizer if hooks.tokenizer is not None else load_tokenizer(config.model)
     tokenizer.padding_side = "right"
     eot = end_of_turn(tokenizer)
     previous = None
@@ -399,7 +457,7 @@ def train_progressive(
         if (stage_dir / DONE).is_file():
             log.info("stage %d: done, skipped", index)
         else:
-            _train_stage(index, examples, config, tokenizer, eot, previous, progress, callbacks)
+            _train_stage(index, examples, config, tokenizer, eot, previous, progress, callbacks, hooks)
         previous = stage_dir / "adapter"
     final = out / "adapter"
     if _is_main():
@@ -443,6 +501,7 @@ def load_for_inference(
 
 __all__ = [
     "ConfigMismatchError",
+    "StageHooks",
     "TrainConfig",
     "TrainExample",
     "fingerprint",

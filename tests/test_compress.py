@@ -115,8 +115,25 @@ def test_registry_names_and_aliases():
     assert canonical_name("LLMLingua-2") == "llmlingua2"
     assert canonical_name("long_llmlingua") == "longllmlingua"
     assert isinstance(get_compressor("truncate", mode="lines"), TruncateCompressor)
+    assert canonical_name("Selective-Context") == "selectivecontext"
+    assert canonical_name("llm_generation") == "llmgeneration"
     with pytest.raises(ValueError, match="unknown compressor"):
-        get_compressor("selective-context")
+        get_compressor("gpt5-magic")
+
+
+def test_whole_template_compression_is_one_text():
+    from promptintern.compress import TemplateCompressor
+    from promptintern.tasks import Template
+
+    template = Template("one two three four five six seven eight", "alpha beta gamma delta epsilon zeta")
+    whole = TemplateCompressor(TruncateCompressor(), whole=True, cache=False).compress_with_stats(template, 0.5)
+    parts = TemplateCompressor(TruncateCompressor(), cache=False).compress_with_stats(template, 0.5)
+    assert whole.template.documents == "" and whole.template.instruction
+    assert whole.origin_tokens == parts.origin_tokens == 14
+    assert whole.compressed_tokens == 7  # half of the joined text, not half of each part
+    assert whole.template.instruction != parts.template.text
+    with pytest.raises(ValueError, match="no document_compressor"):
+        TemplateCompressor(TruncateCompressor(), TruncateCompressor(), whole=True)
 
 
 def test_llmlingua2_without_checkpoint_is_a_clear_error(monkeypatch):

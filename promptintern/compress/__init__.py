@@ -7,6 +7,8 @@ Backends (``get_compressor(name, **options)``):
   ``"embedded"`` SmolLM2-135M-Instruct by default; counts tiktoken ``cl100k_base`` tokens.
 * ``llmlingua2`` — the package's LLMLingua-2 with a given token-classification checkpoint (the paper's
   default compressor); counts ``cl100k_base`` tokens.
+* ``selective-context`` / ``llm-generation`` — baselines in :mod:`promptintern.baselines` (self-information
+  filtering; an LLM behind an OpenAI-compatible API asked to delete words).
 
 :class:`TemplateCompressor` compresses a template's instruction and documents separately and caches the
 result under ``cache_dir("compressed")``.  Importing this package does not import torch or llmlingua.

@@ -143,7 +143,9 @@ class TemplateCompression:
 class TemplateCompressor:
     """Compresses ``Template.instruction`` and ``Template.documents`` separately (the paper's two kinds).
 
-    ``document_compressor`` defaults to ``instruction_compressor``.  With ``cache=True`` (default) results
+    ``document_compressor`` defaults to ``instruction_compressor``.  ``whole=True`` compresses the template as
+    ONE text with ``instruction_compressor`` (the compression baselines of the paper's Table 1) and returns it
+    as the instruction with empty documents.  With ``cache=True`` (default) results
     are stored under ``cache_dir("compressed")`` keyed by the template text, the rates, the question and
     both compressors' fingerprints, so a repeated call neither loads nor runs a model.
     """
@@ -154,16 +156,33 @@ class TemplateCompressor:
         document_compressor: Compressor | None = None,
         *,
         cache: bool = True,
+        whole: bool = False,
     ):
+        if whole and document_compressor is not None:
+            raise ValueError("whole=True compresses the template as one text: give no document_compressor")
         self.instruction_compressor = instruction_compressor
         self.document_compressor = document_compressor or instruction_compressor
         self.cache = cache
+        self.whole = whole
 
     def fingerprint(self) -> dict[str, Any]:
+        if self.whole:
+            return {"whole": self.instruction_compressor.fingerprint()}
         return {
             "instruction": self.instruction_compressor.fingerprint(),
             "documents": self.document_compressor.fingerprint(),
         }
+
+    def _compress_parts(
+        self, template: Template, rate: float, documents_rate: float, question: str | None
+    ) -> tuple[CompressionResult, CompressionResult]:
+        if self.whole:
+            whole = self.instruction_compressor.compress(template.text, rate, question=question)
+            empty = CompressionResult("", documents_rate, 1.0, 0, 0, unit=whole.unit)
+            return whole, empty
+        instruction = self.instruction_compressor.compress(template.instruction, rate, question=question)
+        documents = self.document_compressor.compress(template.documents, documents_rate, question=question)
+        return instruction, documents
 
     def compress(
         self,
@@ -211,8 +230,7 @@ class TemplateCompressor:
                 return TemplateCompression(
                     Template(instruction.text, documents.text), instruction, documents, from_cache=True
                 )
-        instruction = self.instruction_compressor.compress(template.instruction, rate, question=question)
-        documents = self.document_compressor.compress(template.documents, documents_rate, question=question)
+        instruction, documents = self._compress_parts(template, rate, documents_rate, question)
         if store is not None and key is not None:
             store.store(
                 key,
@@ -250,11 +268,22 @@ def _lingua(kind: str) -> Callable[..., Compressor]:
     return build
 
 
+def _baseline(module: str, cls: str) -> Callable[..., Compressor]:
+    def build(**options: Any) -> Compressor:
+        import importlib
+
+        return getattr(importlib.import_module(f"promptintern.baselines.{module}"), cls)(**options)
+
+    return build
+
+
 COMPRESSORS: dict[str, Callable[..., Compressor]] = {
     "truncate": _truncate,
     "llmlingua": _lingua("llmlingua"),
     "longllmlingua": _lingua("longllmlingua"),
     "llmlingua2": _lingua("llmlingua2"),
+    "selectivecontext": _baseline("selective_context", "SelectiveContextCompressor"),
+    "llmgeneration": _baseline("llm_generation", "LLMGenerationCompressor"),
 }
 
 
@@ -267,7 +296,8 @@ def canonical_name(name: str) -> str:
 
 
 def get_compressor(name: str, **options: Any) -> Compressor:
-    """A compressor by name: ``truncate``, ``llmlingua``, ``longllmlingua`` or ``llmlingua2``.
+    """A compressor by name: ``truncate``, ``llmlingua``, ``longllmlingua``, ``llmlingua2``,
+    ``selective-context`` or ``llm-generation``.
 
     Options go to the backend's constructor, e.g. ``model=`` (``"embedded"``, a local path or hub id),
     ``device=`` and ``compress_kwargs=`` for the llmlingua backends.
