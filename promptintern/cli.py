@@ -296,16 +296,25 @@ def show_prompts_cmd(
         typer.echo(stage_prompt(exp.task, inst, plan, shots).to_text())
 
 
+from promptintern.lm_eval_cli import lm_eval_cmd  # noqa: E402 (imports lm_eval only when run)
+from promptintern.reproduce import reproduce_cmd  # noqa: E402
+
+app.command("lm-eval")(lm_eval_cmd)
+app.command("reproduce")(reproduce_cmd)
+
+
 def main() -> None:
     _mount_sandbox()
     try:
         app()
     except Exception as exc:  # user-facing errors: one clear line, non-zero exit
+        from promptintern.baselines import BaselineUnavailable
         from promptintern.fetch import FetchError
         from promptintern.models import ModelNotFoundError
         from promptintern.paths import DataNotFoundError
 
-        if isinstance(exc, (FetchError, ModelNotFoundError, DataNotFoundError, ValueError)):
+        known = (FetchError, ModelNotFoundError, DataNotFoundError, BaselineUnavailable, ValueError)
+        if isinstance(exc, known):
             typer.echo(f"error: {exc}", err=True)
             sys.exit(2)
         raise

@@ -9,6 +9,8 @@ A :class:`Schedule` maps stage ``s = 0 .. N-1`` to a value through ``t = s / (N 
 * ``inverse_exponential``:  v(t) = start + (end - start) * (exp(r t) - 1) / (exp(r) - 1)
   (moves slowly early, then fast towards ``end``)
 * ``constant``:             v(t) = start  (``end`` must equal ``start``)
+* ``step``:                 v(t) = start for t < 1, end at the last stage (ablations: keep a component
+  unchanged through training and drop it only in the final, query-only stage)
 
 All are monotone in ``t`` and hit the endpoints exactly (the first and last values are set to ``start`` and
 ``end`` verbatim, not computed). A 1-stage schedule is ``[start]`` and needs ``start == end``.
@@ -25,7 +27,7 @@ from dataclasses import asdict, dataclass
 from numbers import Real
 from typing import Any
 
-PATTERNS = ("linear", "exponential", "inverse_exponential", "constant")
+PATTERNS = ("linear", "exponential", "inverse_exponential", "constant", "step")
 DEFAULT_RATE = 3.0
 _FIELDS = ("pattern", "start", "end", "stages", "rate")
 
@@ -38,6 +40,8 @@ def _shape(pattern: str, t: float, rate: float) -> float:
         return 1.0 - (math.exp(-rate * t) - math.exp(-rate)) / (1.0 - math.exp(-rate))
     if pattern == "inverse_exponential":
         return math.expm1(rate * t) / math.expm1(rate)
+    if pattern == "step":
+        return 1.0 if t >= 1.0 else 0.0
     return 0.0  # constant
 
 

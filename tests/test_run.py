@@ -115,3 +115,15 @@ def test_bootstrap_interval_brackets_mean():
     lo, hi = mean_ci([100.0] * 30 + [0.0] * 70, seed=1)
     assert lo < 30 < hi and 10 < lo and hi < 50
     assert mean_ci([100.0] * 5) == (100.0, 100.0)
+
+
+def test_example_schedule_is_a_fraction_of_k_and_keeps_old_keys(smoke):
+    base = Experiment("mbpp", "promptintern", smoke)
+    data = smoke.model_dump()
+    data["method"]["example_schedule"] = {"pattern": "constant", "start": 0.0, "end": 0.0}
+    no_examples = Experiment("mbpp", "promptintern", type(smoke).model_validate(data))
+    assert [p.shots for p in no_examples.plans] == [0, 0, 0]
+    assert [p.tau for p in no_examples.plans] == [p.tau for p in base.plans]
+    assert no_examples.key != base.key
+    data["method"]["example_schedule"] = None
+    assert Experiment("mbpp", "promptintern", type(smoke).model_validate(data)).key == base.key

@@ -97,3 +97,9 @@ def test_example_counts_need_integer_endpoints():
         example_counts(Schedule("linear", 5, 0.5, 3))
     assert example_counts(Schedule("exponential", 10, 0, 4)) == [10, 3, 0, 0]
     assert example_counts(Schedule("inverse_exponential", 10, 0, 4)) == [10, 9, 6, 0]
+
+
+def test_step_keeps_start_until_the_last_stage():
+    assert Schedule("step", 1.0, 0.0, 3).values() == [1.0, 1.0, 0.0]
+    assert Schedule("step", 0.3, 0.0, 4).values() == [0.3, 0.3, 0.3, 0.0]
+    assert example_counts(Schedule("step", 5, 0, 3)) == [5, 5, 0]

@@ -1,0 +1,461 @@
+"""``promptintern reproduce``: run every experiment the paper tables need, record rows, render tables + plots.
+
+The table specs (:mod:`promptintern.tables`) list (task, method, variant) cells; variants are profile
+overrides (:func:`apply_overrides`). Each distinct experiment runs once however many tables show it (the
+run directory is keyed by the settings hash, so rows shared between tables are one cached run, and a killed
+reproduce resumes where it stopped). Per row: ``exp.unavailable()`` -> status ``not run`` with the reason;
+an exception -> ``failed`` with the error, and the run goes on. τ_all divides a row's mean input tokens by
+those of the full prompt (template + k shots, ``zero-shot-full``) counted with the model's tokenizer on the
+same test instances. Cost per instance uses :mod:`promptintern.cost`.
+
+Per-profile sizing (``benchmarks/tables/reproduce.yaml``) restricts tasks, shrinks subsets and skips rows
+so the ``cpu`` profile fits its time budget; skipped cells are recorded as ``not run`` with the reason,
+never dropped. ``--full`` ignores the sizing. Tables are written to ``results/<profile>/tableN.{md,csv,json}``
+with ``pareto-<task>.png``, ``schedules.png`` and ``reproduce-log.json`` (wall time per experiment).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+from promptintern.cost import Prices, load_prices
+from promptintern.io import write_json
+from promptintern.profile import Profile, ProfileError, load_profile
+from promptintern.provenance import collect, utc_now
+from promptintern.store import ResultsStore, RunRow
+from promptintern.tables import SPEC_DIR, RowSpec, SpecError, TableSpec, load_specs, render_all
+
+SIZING_FILE = SPEC_DIR / "reproduce.yaml"
+FULL_PROMPT = "zero-shot-full"
+
+
+# -- profile overrides ----------------------------------------------------------------------------------
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in: mappings merge recursively, anything else is replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(profile: Profile, overrides: Mapping[str, Any] | None) -> Profile:
+    """A copy of ``profile`` with ``overrides`` deep-merged and re-validated; ``name`` is kept."""
+    if not overrides:
+        return profile
+    if not isinstance(overrides, Mapping):
+        raise ProfileError(f"profile overrides must be a mapping, got {type(overrides).__name__}")
+    if "name" in overrides and overrides["name"] != profile.name:
+        raise ProfileError(
+            "profile overrides may not change 'name' (runs stay under the profile's directory)"
+        )
+    try:
+        return Profile.model_validate(deep_merge(profile.model_dump(), overrides) | {"name": profile.name})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ProfileError(
+            f"overrides {json.dumps(overrides, default=str)} of profile {profile.name!r}: {problems}"
+        ) from None
+
+
+# -- sizing ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """A profile's reproduce section: tasks that run, overrides for every experiment, rows skipped."""
+
+    profile: str
+    tasks: tuple[str, ...] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    skip: tuple[str, ...] = ()
+    reason: str = "skipped by the profile's reproduce sizing"
+    source: str = ""
+
+    def skips(self, row: RowSpec) -> bool:
+        return row.id in self.skip or (bool(row.variant) and f"{row.method}/*" in self.skip)
+
+    def skips_task(self, task: str) -> bool:
+        return self.tasks is not None and task not in self.tasks
+
+
+def load_sizing(profile: str, path: str | Path | None = None) -> Sizing | None:
+    """The sizing of ``profile`` from ``path`` (default ``benchmarks/tables/reproduce.yaml``), or None."""
+    path = Path(path) if path is not None else SIZING_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: {exc}") from exc
+    entry = (data.get("profiles") or {}).get(profile)
+    if entry is None:
+        return None
+    unknown = sorted(set(entry) - {"tasks", "overrides", "skip", "reason"})
+    if unknown:
+        raise SpecError(f"{path}: profiles.{profile}: unknown key(s) {', '.join(unknown)}")
+    tasks = entry.get("tasks")
+    return Sizing(
+        profile=profile,
+        tasks=None if tasks is None else tuple(tasks),
+        overrides=dict(entry.get("overrides") or {}),
+        skip=tuple(entry.get("skip") or ()),
+        reason=" ".join(str(entry.get("reason") or Sizing.reason).split()),
+        source=str(path),
+    )
+
+
+# -- planning -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One distinct experiment and the table rows that show it."""
+
+    task: str
+    row: RowSpec
+    cells: list[tuple[TableSpec, RowSpec]] = field(default_factory=list)
+    experiment: Any = None
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.row.id}"
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]
+    fixed: list[tuple[TableSpec, RowSpec, str, str]]  # (spec, row, task, reason): recorded as 'not run'
+
+
+def _check_variants(specs: Iterable[TableSpec]) -> None:
+    seen: dict[str, tuple[dict, str]] = {}
+    for spec in specs:
+        for row in spec.rows:
+            if row.id in seen and seen[row.id][0] != row.overrides:
+                raise SpecError(
+                    f"variant {row.id!r} has different overrides in {seen[row.id][1]} and {spec.path}; "
+                    "give one of them another variant name"
+                )
+            seen.setdefault(row.id, (row.overrides, spec.path))
+
+
+def plan(specs: list[TableSpec], base: Profile, model: str | None, sizing: Sizing | None) -> Plan:
+    """Distinct experiments for every (table, row, task) cell, plus the cells the sizing skips."""
+    from promptintern.run import Experiment
+
+    _check_variants(specs)
+    jobs: dict[Any, Job] = {}
+    fixed = []
+    for spec in specs:
+        for row in spec.rows:
+            for task in spec.tasks:
+                if sizing and sizing.skips_task(task):
+                    why = f"task {task} is not in the {sizing.profile} profile's reproduce subset"
+                    fixed.append(
+                        (spec, row, task, f"{why} ({', '.join(sizing.tasks or ())}); {sizing.reason}")
+                    )
+                    continue
+                if sizing and sizing.skips(row):
+                    fixed.append((spec, row, task, sizing.reason))
+                    continue
+                job = Job(task, row)
+                try:
+                    exp = Experiment(task, row.method, apply_overrides(base, row.overrides), model)
+                    ident: Any = (exp.directory, row.variant)
+                    job.experiment = exp
+                except Exception as exc:  # noqa: BLE001 - a bad variant fails its rows, not the run
+                    job.error = f"{type(exc).__name__}: {exc}"
+                    ident = ("error", task, row.id)
+                jobs.setdefault(ident, job).cells.append((spec, row))
+    return Plan(list(jobs.values()), fixed)
+
+
+# -- running --------------------------------------------------------------------------------------------
+
+
+def _say(msg: str, progress: bool) -> None:
+    if progress:
+        print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _output_tokens_mean(directory: Path) -> float | None:
+    path = directory / "predictions.jsonl"
+    if not path.is_file():
+        return None
+    counts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            counts.append(float(json.loads(line)["output_tokens"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return sum(counts) / len(counts) if counts else None
+
+
+class _FullTokens:
+    """Mean input tokens of the full prompt (template + k shots) per task, counted once."""
+
+    def __init__(self, base: Profile, model: str | None) -> None:
+        self.base, self.model, self.cache = base, model, {}
+
+    def __call__(self, task: str) -> float | None:
+        if task not in self.cache:
+            from promptintern.run import Experiment
+            from promptintern.tokens import counter_for
+
+            try:
+                exp = Experiment(task, FULL_PROMPT, self.base, self.model)
+                counter = counter_for(exp.model)
+                prompts = exp.inference_prompts()
+                self.cache[task] = sum(counter.count_prompt(p) for p in prompts) / len(prompts)
+            except Exception as exc:  # noqa: BLE001 - τ_all is then left empty, the rows still record
+                why = f"{type(exc).__name__}: {exc}"
+                print(f"τ_all reference for {task} unavailable: {why}", file=sys.stderr)
+                self.cache[task] = None
+        return self.cache[task]
+
+
+def tau_all(input_tokens: float | None, full_tokens: float | None) -> float | None:
+    """Input tokens of a configuration / input tokens of the full prompt (None if either is unknown)."""
+    if input_tokens is None or not full_tokens:
+        return None
+    return input_tokens / full_tokens
+
+
+def _run_job(job: Job, progress: bool) -> tuple[str, str | None, dict[str, Any] | None]:
+    if job.error:
+        return "failed", job.error, None
+    exp = job.experiment
+    try:
+        reason = exp.unavailable()
+        if reason:
+            return "not run", reason, None
+        return "ok", None, exp.evaluate(progress=progress)
+    except Exception as exc:  # noqa: BLE001 - recorded as a failed row; the other rows go on
+        try:
+            exp.directory.mkdir(parents=True, exist_ok=True)
+            (exp.directory / "reproduce-error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        except OSError:
+            pass
+        return "failed", f"{type(exc).__name__}: {exc}", None
+
+
+def _row(
+    spec: TableSpec,
+    row: RowSpec,
+    task: str,
+    *,
+    profile: Profile,
+    model: str,
+    status: str,
+    reason: str | None,
+    **fields: Any,
+) -> RunRow:
+    return RunRow(
+        table_id=spec.id,
+        method=row.method,
+        variant=row.variant,
+        task=task,
+        model=model,
+        profile=profile.name,
+        seed=profile.seed,
+        label=row.label,
+        status=status,
+        reason=reason,
+        **fields,
+    )
+
+
+def _result_fields(job: Job, result: dict[str, Any], full: float | None, prices: Prices) -> dict[str, Any]:
+    exp = job.experiment
+    lo, hi = result.get("ci95") or (None, None)
+    tmpl = result.get("template") or {}
+    out_tokens = _output_tokens_mean(exp.directory)
+    tokens = result.get("input_tokens_mean")
+    return {
+        "metric": result.get("primary"),
+        "value": result.get("value"),
+        "ci_lo": lo,
+        "ci_hi": hi,
+        "n": result.get("n"),
+        "input_tokens_mean": tokens,
+        "output_tokens_mean": out_tokens,
+        "full_tokens_mean": full,
+        "tau_all": tau_all(tokens, full),
+        "rate_requested": tmpl.get("rate_requested"),
+        "rate_achieved": tmpl.get("rate_achieved"),
+        "shots": tmpl.get("shots"),
+        "latency_s_mean": result.get("latency_s_mean"),
+        "cost_usd_per_instance": prices.cost(exp.model, tokens or 0.0, out_tokens or 0.0),
+        "settings_key": result.get("settings_key", exp.key),
+    }
+
+
+def _cells(spec: TableSpec, rows: list[RunRow]) -> list[RunRow]:
+    """The stored rows that are cells of ``spec`` (rows of since-removed spec rows are left out)."""
+    wanted = {(r.method, r.variant, t) for r in spec.rows for t in spec.tasks}
+    return [r for r in rows if (r.method, r.variant, r.task) in wanted]
+
+
+def reproduce(
+    profile: Profile | str,
+    tables: str | Iterable[str | int] | None = None,
+    progress: bool = True,
+    *,
+    model: str | None = None,
+    out: str | Path | None = None,
+    prices: str | Path | None = None,
+    store: ResultsStore | None = None,
+    spec_dir: str | Path | None = None,
+    sizing: str | Path | bool | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run, record and render ``tables`` (default: every spec) for ``profile``; returns a summary.
+
+    ``sizing``: None/True uses ``benchmarks/tables/reproduce.yaml``, a path another file, False none.
+    ``store``: default ``$PROMPTINTERN_HOME/results.sqlite``. ``out``: default ``results/<profile>``.
+    """
+    from promptintern import plots
+
+    started = time.perf_counter()
+    profile = load_profile(profile) if isinstance(profile, str) else profile
+    specs = load_specs(tables, spec_dir)
+    size = None if sizing is False else load_sizing(profile.name, None if sizing in (None, True) else sizing)
+    base = apply_overrides(profile, size.overrides if size else None)
+    price_list = load_prices(prices)
+    model_name = model or base.model
+    price_list.price(model_name)  # fail before any work if the model has no price and there is no default
+    own_store = store is None
+    store = store or ResultsStore()
+    out = Path(out) if out is not None else Path("results") / profile.name
+    try:
+        work = plan(specs, base, model, size)
+        for spec, row, task, reason in work.fixed:
+            prov = collect(seed=base.seed, wall_s=0.0, settings_key=None)
+            store.record(
+                _row(
+                    spec,
+                    row,
+                    task,
+                    profile=base,
+                    model=model_name,
+                    status="not run",
+                    reason=reason,
+                    provenance=prov,
+                )
+            )
+        full_tokens = _FullTokens(base, model)
+        log = []
+        for i, job in enumerate(work.jobs, 1):
+            _say(f"{i}/{len(work.jobs)} {job.name}: start", progress)
+            t0 = time.perf_counter()
+            status, reason, result = _run_job(job, progress)
+            wall = time.perf_counter() - t0
+            fields: dict[str, Any] = {}
+            if result is not None:
+                fields = _result_fields(job, result, full_tokens(job.task), price_list)
+            exp = job.experiment
+            prov = collect(
+                seed=base.seed,
+                wall_s=round(wall, 3),
+                settings_key=exp.key if exp is not None and job.error is None else None,
+                timings_s=(result or {}).get("timings_s"),
+                overrides=job.row.overrides,
+                sizing=size.source if size else None,
+                prices_as_of=price_list.as_of,
+            )
+            for spec, row in job.cells:
+                store.record(
+                    _row(
+                        spec,
+                        row,
+                        job.task,
+                        profile=base,
+                        model=model_name,
+                        status=status,
+                        reason=reason,
+                        directory=str(exp.directory) if exp is not None else None,
+                        wall_s=round(wall, 3),
+                        provenance=prov,
+                        **fields,
+                    )
+                )
+            brief = f"{result['primary']} {result['value']:.2f}" if result else reason
+            _say(f"{i}/{len(work.jobs)} {job.name}: {status} ({brief}) in {wall:.1f} s", progress)
+            log.append({"experiment": job.name, "status": status, "reason": reason, "wall_s": round(wall, 3)})
+            gc.collect()
+        paths = render_all(store, specs, out, profile=base.name, model=model_name, command=command)
+        rows = [r for spec in specs for r in _cells(spec, store.rows(spec.id, base.name, model=model_name))]
+        paths += plots.render_plots(rows, base, out)
+        total = time.perf_counter() - started
+        counts = {s: sum(r.status == s for r in rows) for s in ("ok", "not run", "failed")}
+        summary = {
+            "profile": base.name,
+            "model": model_name,
+            "tables": [s.id for s in specs],
+            "experiments": log,
+            "rows": counts,
+            "wall_s": round(total, 3),
+            "finished_at": utc_now(),
+            "command": command,
+            "store": str(store.path),
+        }
+        paths.append(write_json(out / "reproduce-log.json", summary))
+        summary["files"] = [str(p) for p in paths]
+        return summary
+    finally:
+        if own_store:
+            store.close()
+
+
+def reproduce_cmd(
+    profile: str = typer.Option("cpu", "--profile", help="smoke, cpu, paper, or a profile YAML path."),
+    tables: str = typer.Option("1,2,3,4,5,6,7,8", "--tables", help="Comma-separated paper table numbers."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: results/<profile>)."),
+    prices: Path | None = typer.Option(
+        None, "--prices", help="Price YAML merged over promptintern/prices.yaml."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Override the profile's model: 'embedded', a HF id or a path."
+    ),
+    full: bool = typer.Option(
+        False, "--full", help="Ignore benchmarks/tables/reproduce.yaml (all tasks and rows)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output on stderr."),
+) -> None:
+    """Run every experiment of the paper tables (cached), record them in the results store, render tables."""
+    import contextlib
+
+    parts = ["promptintern reproduce", f"--profile {profile}", f"--tables {tables}"]
+    parts += [f"--{k} {v}" for k, v in (("out", out), ("prices", prices), ("model", model)) if v is not None]
+    parts += ["--full"] if full else []
+    with contextlib.redirect_stdout(sys.stderr):  # library chatter stays off stdout
+        summary = reproduce(
+            profile,
+            tables,
+            progress=not quiet,
+            model=model,
+            out=out,
+            prices=prices,
+            sizing=False if full else None,
+            command=" ".join(parts),
+        )
+    typer.echo(json.dumps({k: summary[k] for k in ("profile", "model", "rows", "wall_s", "files")}, indent=2))

@@ -1,0 +1,428 @@
+"""Paper table specs (``benchmarks/tables/tableN.yaml``) and their rendering from the results store.
+
+A spec names the table, its caption, the tasks (one column group each) and the rows: a label, a method of
+:data:`promptintern.run.METHODS` and, for variants of a method, a ``variant`` name with profile
+``overrides``. :func:`render_markdown` lays a table out like the paper: per task ``metric | tokens |
+τ_all`` (layout ``tasks``) or ``latency | speedup | cost`` (layout ``latency``, Table 8: speedup against the
+first ``reference`` method with a result). Cells show the metric with its 95 % interval, ``not run: reason``
+or ``failed: reason``; a footer gives n, the commits, package versions and hardware the rows were computed
+with, the render date and the command. :func:`write_table` writes ``tableN.md``, ``.csv`` (one line per row
+× task) and ``.json`` atomically. Unlike the paper, every number comes from this suite's own runs on the
+profile's model and subsets.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from promptintern.io import atomic_write_text, write_json
+from promptintern.paths import REPO_ROOT
+from promptintern.provenance import describe_hardware, environment, utc_now
+from promptintern.store import ResultsStore, RunRow
+
+SPEC_DIR = REPO_ROOT / "benchmarks" / "tables"
+TASK_TITLES = {"mbpp": "MBPP", "nl2f": "NL2F", "nl2bash": "NL2Bash"}
+METRIC_TITLES = {"pass@1": "pass@1", "em": "EM", "bleu": "BLEU"}
+#: Longest reason shown in a Markdown cell (CSV and JSON keep the whole text).
+MD_REASON_CHARS = 160
+CSV_FIELDS = (
+    "table",
+    "label",
+    "method",
+    "variant",
+    "task",
+    "status",
+    "metric",
+    "value",
+    "ci_lo",
+    "ci_hi",
+    "n",
+    "input_tokens_mean",
+    "tau_all",
+    "latency_s_mean",
+    "speedup",
+    "cost_usd_per_instance",
+    "reason",
+)
+
+
+class SpecError(ValueError):
+    """A table spec is missing or invalid; the message names the file and the field."""
+
+
+class RowSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str = Field(min_length=1)
+    method: str
+    variant: str = ""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from promptintern.run import METHODS
+
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; choose from {', '.join(METHODS)}")
+        return v
+
+    @property
+    def id(self) -> str:
+        """``method`` or ``method/variant``."""
+        return f"{self.method}/{self.variant}" if self.variant else self.method
+
+
+class TableSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    title: str
+    caption: str = ""
+    layout: Literal["tasks", "latency"] = "tasks"
+    #: τ_all / speedup reference: the first of these methods (plain rows) that has a result.
+    reference: tuple[str, ...] = ("zero-shot-full",)
+    tasks: tuple[str, ...] = Field(min_length=1)
+    rows: tuple[RowSpec, ...] = Field(min_length=1)
+    path: str = ""
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from promptintern.tasks import TASK_NAMES
+
+        bad = [t for t in v if t not in TASK_NAMES]
+        if bad:
+            raise ValueError(f"unknown task(s) {', '.join(bad)}; choose from {', '.join(TASK_NAMES)}")
+        return v
+
+    def model_post_init(self, _context: Any) -> None:
+        seen: dict[str, str] = {}
+        for row in self.rows:
+            if row.overrides and not row.variant:
+                raise ValueError(f"row {row.label!r}: rows with overrides need a variant name")
+            if row.id in seen:
+                raise ValueError(f"rows {seen[row.id]!r} and {row.label!r} are both {row.id!r}")
+            seen[row.id] = row.label
+
+
+def _spec_path(name: str | int | Path, spec_dir: Path) -> Path:
+    path = Path(str(name))
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    stem = str(name) if str(name).startswith("table") else f"table{name}"
+    return spec_dir / f"{stem}.yaml"
+
+
+def load_spec(name: str | int | Path, spec_dir: str | Path | None = None) -> TableSpec:
+    """A spec by number (``1``, ``"table1"``) from ``spec_dir`` (default ``benchmarks/tables``) or by path."""
+    path = _spec_path(name, Path(spec_dir) if spec_dir else SPEC_DIR)
+    if not path.is_file():
+        raise SpecError(f"no table spec {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level")
+    try:
+        return TableSpec.model_validate({**data, "id": str(data.get("id", "")), "path": str(path)})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SpecError(f"{path}: {problems}") from None
+
+
+def parse_tables(tables: str | Iterable[str | int] | None, spec_dir: str | Path | None = None) -> list[str]:
+    """``"1,2,5"`` / ``[1, 2]`` / None (every ``table*.yaml`` in ``spec_dir``) -> spec names."""
+    if tables is None:
+        found = (Path(spec_dir) if spec_dir else SPEC_DIR).glob("table*.yaml")
+        stems = sorted((p.stem for p in found), key=lambda s: (len(s), s))
+        return [s.removeprefix("table") for s in stems]
+    items = tables.split(",") if isinstance(tables, str) else [str(t) for t in tables]
+    out = [t.strip() for t in items if t.strip()]
+    if not out:
+        raise SpecError(f"no tables in {tables!r}; give numbers like 1,2,5")
+    return out
+
+
+def load_specs(tables: str | Iterable[str | int] | None = None, spec_dir=None) -> list[TableSpec]:
+    return [load_spec(t, spec_dir) for t in parse_tables(tables, spec_dir)]
+
+
+# -- cells --------------------------------------------------------------------------------------------
+
+
+def _md_text(text: str) -> str:
+    text = re.sub(r"\s+", " ", text).strip().replace("|", "\\|")
+    return text if len(text) <= MD_REASON_CHARS else text[: MD_REASON_CHARS - 1].rstrip() + "…"
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def _metric_cell(row: RunRow | None) -> str:
+    if row is None:
+        return "—"
+    if row.status != "ok":
+        return f"{row.status}: {_md_text(row.reason or '')}"
+    if row.value is None:
+        return "—"
+    if row.ci_lo is None or row.ci_hi is None:
+        return f"{row.value:.1f}"
+    return f"{row.value:.1f} [{row.ci_lo:.1f}, {row.ci_hi:.1f}]"
+
+
+def _ok(row: RunRow | None) -> RunRow | None:
+    return row if row is not None and row.status == "ok" else None
+
+
+def task_metric(task: str, rows: Sequence[RunRow] = ()) -> str:
+    """The task's primary metric name (from its rows, else from the task class)."""
+    for r in rows:
+        if r.task == task and r.metric:
+            return r.metric
+    from promptintern.tasks import get_task
+
+    return get_task(task).primary_metric
+
+
+def header(spec: TableSpec, rows: Sequence[RunRow] = ()) -> list[str]:
+    cols = ["Method"]
+    for t in spec.tasks:
+        name = TASK_TITLES.get(t, t)
+        if spec.layout == "latency":
+            cols += [f"{name} latency (s)", f"{name} speedup", f"{name} $/1K inst"]
+        else:
+            metric = task_metric(t, rows)
+            cols += [f"{name} {METRIC_TITLES.get(metric, metric)}", f"{name} tokens", f"{name} τ_all"]
+    return cols
+
+
+class _Grid:
+    """Store rows of one table indexed by (method, variant, task), with the latency references."""
+
+    def __init__(self, spec: TableSpec, rows: Sequence[RunRow]) -> None:
+        self.spec = spec
+        self.cells = {(r.method, r.variant, r.task): r for r in rows}
+        self.reference: dict[str, RunRow] = {}
+        for task in spec.tasks:
+            for method in spec.reference:
+                ref = _ok(self.cells.get((method, "", task)))
+                if ref is not None and ref.latency_s_mean:
+                    self.reference[task] = ref
+                    break
+
+    def get(self, row: RowSpec, task: str) -> RunRow | None:
+        return self.cells.get((row.method, row.variant, task))
+
+    def speedup(self, row: RunRow | None) -> float | None:
+        ref = self.reference.get(row.task) if row is not None else None
+        if _ok(row) is None or ref is None or not row.latency_s_mean:
+            return None
+        return ref.latency_s_mean / row.latency_s_mean
+
+    def md_cells(self, row: RowSpec, task: str) -> list[str]:
+        r = self.get(row, task)
+        ok = _ok(r)
+        if self.spec.layout == "latency":
+            if ok is None:
+                return [_metric_cell(r) if r is not None else "—", "—", "—"]
+            speed = self.speedup(ok)
+            cost = None if ok.cost_usd_per_instance is None else 1000 * ok.cost_usd_per_instance
+            return [
+                _num(ok.latency_s_mean, ".3f"),
+                "—" if speed is None else f"{speed:.2f}×",
+                _num(cost, ".4f"),
+            ]
+        return [_metric_cell(r), _num(ok and ok.input_tokens_mean, ".1f"), _num(ok and ok.tau_all, ".3f")]
+
+
+# -- rendering ----------------------------------------------------------------------------------------
+
+
+def _footer(rows: Sequence[RunRow], command: str | None, rendered_at: str) -> list[str]:
+    lines = []
+    ns = sorted({(r.task, r.n) for r in rows if r.status == "ok" and r.n is not None})
+    if ns:
+        lines.append(
+            "Test instances per cell: " + ", ".join(f"{TASK_TITLES.get(t, t)} n = {n}" for t, n in ns) + "."
+        )
+    seeds = sorted({r.seed for r in rows})
+    prov = [r.provenance for r in rows if r.provenance]
+    env = prov[0] if prov else environment()
+    commits = sorted(
+        {
+            f"{(p.get('git') or {}).get('commit') or 'unknown'}"[:12]
+            + (" (dirty)" if (p.get("git") or {}).get("dirty") else "")
+            for p in prov
+        }
+    )
+    packages = env.get("packages") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in packages.items() if v)
+    hardware = sorted({describe_hardware(p["hardware"]) for p in prov if p.get("hardware")})
+    if not hardware:
+        hardware = [describe_hardware(env.get("hardware") or {})]
+    lines.append(
+        f"Provenance: commit {', '.join(commits) or 'none recorded'}; "
+        f"seed {', '.join(map(str, seeds)) or '—'}; "
+        f"python {env.get('python')}, {versions}; hardware: {'; '.join(hardware)}; rendered {rendered_at}."
+    )
+    if command:
+        lines.append(f"Command: `{command}`")
+    return lines
+
+
+def render_markdown(
+    spec: TableSpec,
+    rows: Sequence[RunRow],
+    *,
+    profile: str,
+    model: str,
+    command: str | None = None,
+    rendered_at: str | None = None,
+) -> str:
+    grid = _Grid(spec, rows)
+    cols = header(spec, rows)
+    aligns = ["---"] + ["---:"] * (len(cols) - 1)
+    lines = [f"# {spec.title}", ""]
+    if spec.caption:
+        lines += [spec.caption.strip(), ""]
+    lines += [f"Profile `{profile}`, model `{model}`.", ""]
+    lines += ["| " + " | ".join(cols) + " |", "| " + " | ".join(aligns) + " |"]
+    for row in spec.rows:
+        cells = [_md_text(row.label)]
+        for task in spec.tasks:
+            cells += grid.md_cells(row, task)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if spec.layout == "latency":
+        refs = [f"{TASK_TITLES.get(t, t)}: {r.label or r.method}" for t, r in grid.reference.items()]
+        lines += [f"Speedup reference: {'; '.join(refs) if refs else 'none with a result'}.", ""]
+    lines += _footer(rows, command, rendered_at or utc_now())
+    return "\n".join(lines) + "\n"
+
+
+def _csv_num(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return format(v, ".6g")
+    return str(v)
+
+
+def records(spec: TableSpec, rows: Sequence[RunRow]) -> list[dict[str, Any]]:
+    """One flat record per (spec row, task), in table order (missing results get status ``missing``)."""
+    grid = _Grid(spec, rows)
+    out = []
+    for row in spec.rows:
+        for task in spec.tasks:
+            r = grid.get(row, task)
+            base = {
+                "table": spec.id,
+                "label": row.label,
+                "method": row.method,
+                "variant": row.variant,
+                "task": task,
+            }
+            if r is None:
+                out.append(base | {"status": "missing"})
+                continue
+            data = r.to_dict()
+            data.pop("provenance")
+            out.append(
+                base
+                | {k: v for k, v in data.items() if k not in base and k != "label"}
+                | {"speedup": grid.speedup(r)}
+            )
+    return out
+
+
+def render_csv(spec: TableSpec, rows: Sequence[RunRow]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for rec in records(spec, rows):
+        line = {k: _csv_num(rec.get(k)) for k in CSV_FIELDS}
+        line["reason"] = " ".join(line["reason"].split())  # one line per record; JSON keeps the raw text
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+def render_json(
+    spec: TableSpec,
+    rows: Sequence[RunRow],
+    *,
+    profile: str,
+    model: str,
+    command: str | None = None,
+    rendered_at: str | None = None,
+) -> dict[str, Any]:
+    commits = sorted({str((r.provenance.get("git") or {}).get("commit")) for r in rows if r.provenance})
+    return {
+        "table": spec.id,
+        "title": spec.title,
+        "caption": spec.caption,
+        "layout": spec.layout,
+        "profile": profile,
+        "model": model,
+        "columns": header(spec, rows),
+        "records": records(spec, rows),
+        "provenance": {
+            "commits": commits,
+            "rows": {f"{r.method}/{r.variant}/{r.task}": r.provenance for r in rows},
+        },
+        "command": command,
+        "rendered_at": rendered_at,
+        "spec": spec.path,
+    }
+
+
+def write_table(
+    spec: TableSpec,
+    rows: Sequence[RunRow],
+    out: str | Path,
+    *,
+    profile: str,
+    model: str,
+    command: str | None = None,
+    rendered_at: str | None = None,
+) -> list[Path]:
+    """Write ``table{id}.md/.csv/.json`` under ``out`` (atomic writes); returns the paths."""
+    out = Path(out)
+    rendered_at = rendered_at or utc_now()
+    kw = {"profile": profile, "model": model, "command": command, "rendered_at": rendered_at}
+    stem = out / f"table{spec.id}"
+    return [
+        atomic_write_text(stem.with_suffix(".md"), render_markdown(spec, rows, **kw)),
+        atomic_write_text(stem.with_suffix(".csv"), render_csv(spec, rows)),
+        write_json(stem.with_suffix(".json"), render_json(spec, rows, **kw)),
+    ]
+
+
+def render_all(
+    store: ResultsStore,
+    specs: Sequence[TableSpec],
+    out: str | Path,
+    *,
+    profile: str,
+    model: str,
+    command: str | None = None,
+) -> list[Path]:
+    """Render every spec from the store rows of (table, profile, model) into ``out``."""
+    rendered_at = utc_now()
+    paths: list[Path] = []
+    for spec in specs:
+        rows = store.rows(spec.id, profile, model=model)
+        paths += write_table(
+            spec, rows, out, profile=profile, model=model, command=command, rendered_at=rendered_at
+        )
+    return paths

@@ -1,0 +1,181 @@
+"""`promptintern reproduce` end to end: smoke profile, tiny random model, tiny table specs."""
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from promptintern.profile import load_profile
+from promptintern.reproduce import reproduce, reproduce_cmd
+from promptintern.run import Experiment
+from promptintern.store import ResultsStore
+from promptintern.tokens import counter_for
+
+TINY = """id: "{id}"
+title: "Table {id}: tiny"
+tasks: [nl2f]
+rows:
+{rows}
+"""
+
+
+def _spec(directory, table_id, *rows):
+    directory.mkdir(parents=True, exist_ok=True)
+    body = "\n".join(f"  - {r}" for r in rows)
+    (directory / f"table{table_id}.yaml").write_text(TINY.format(id=table_id, rows=body))
+    return directory
+
+
+def test_reproduce_end_to_end_then_cached(tmp_path, tiny_model_dir, monkeypatch):
+    specs = _spec(
+        tmp_path / "specs",
+        9,
+        "{label: Query only, method: zero-shot}",
+        "{label: PromptIntern, method: promptintern}",
+    )
+    smoke, model, out = load_profile("smoke"), str(tiny_model_dir), tmp_path / "out"
+    kw = dict(model=model, out=out, spec_dir=specs, sizing=False, progress=False, command="test")
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        summary = reproduce(smoke, "9", store=store, **kw)
+        assert summary["rows"] == {"ok": 2, "not run": 0, "failed": 0}
+        for name in ("table9.md", "table9.csv", "table9.json", "pareto-nl2f.png", "schedules.png"):
+            assert (out / name).stat().st_size > 0, name
+        assert (out / "pareto-nl2f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        rows = {r.method: r for r in store.rows("9", "smoke", model=model)}
+        assert set(rows) == {"zero-shot", "promptintern"}
+        pi, zs = rows["promptintern"], rows["zero-shot"]
+        assert pi.status == "ok" and pi.n == 3 and pi.metric == "em" and pi.ci_lo <= pi.value <= pi.ci_hi
+        assert pi.provenance["settings_key"] == pi.settings_key and pi.provenance["timings_s"]["train"] > 0
+        # τ_all: the row's tokens over the full prompt's (template + k shots) on the same test instances
+        full_exp = Experiment("nl2f", "zero-shot-full", smoke, model)
+        counter = counter_for(model)
+        full = sum(counter.count_prompt(p) for p in full_exp.inference_prompts()) / 3
+        assert zs.full_tokens_mean == pytest.approx(full)
+        assert zs.tau_all == pytest.approx(zs.input_tokens_mean / full) and 0 < zs.tau_all < 0.5
+        assert pi.rate_requested == 0.0 and pi.shots == 0 and pi.cost_usd_per_instance == 0.0
+        md = (out / "table9.md").read_text()
+        assert (
+            f"| PromptIntern | {pi.value:.1f} [{pi.ci_lo:.1f}, {pi.ci_hi:.1f}] | {pi.input_tokens_mean:.1f} |"
+            in md
+        )
+        assert "Command: `test`" in md
+
+        # second call: served from the experiment cache, no training, same numbers
+        train_dir = Experiment("nl2f", "promptintern", smoke, model).directory / "train"
+        adapter = train_dir / "adapter" / "adapter_model.safetensors"
+        mtime = adapter.stat().st_mtime_ns
+
+        def no_training(*a, **k):
+            raise AssertionError("training ran again")
+
+        monkeypatch.setattr("promptintern.train.train_progressive", no_training)
+        again = reproduce(smoke, "9", store=store, **kw)
+        assert again["rows"] == summary["rows"] and adapter.stat().st_mtime_ns == mtime
+        assert all(e["wall_s"] < 5 for e in again["experiments"]), again["experiments"]
+        assert {r.method: r.value for r in store.rows("9", "smoke")} == {
+            "zero-shot": zs.value,
+            "promptintern": pi.value,
+        }
+        assert len(store.rows()) == 2  # upserted, not duplicated
+
+
+def test_failing_rows_are_recorded_and_others_render(tmp_path, tiny_model_dir, monkeypatch):
+    specs = _spec(
+        tmp_path / "specs",
+        9,
+        "{label: Query only, method: zero-shot}",
+        "{label: No template, method: ft-none}",
+        "{label: LLMLingua-2, method: llmlingua2}",
+        "{label: Broken variant, method: zero-shot, variant: broken, overrides: {method: {bogus: 1}}}",
+    )
+    monkeypatch.delenv("PROMPTINTERN_LLMLINGUA2_MODEL", raising=False)
+    original = Experiment.evaluate
+
+    def evaluate(self, *a, **k):
+        if self.method == "ft-none":
+            raise RuntimeError("boom")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Experiment, "evaluate", evaluate)
+    out = tmp_path / "out"
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        summary = reproduce(
+            load_profile("smoke"),
+            "9",
+            model=str(tiny_model_dir),
+            out=out,
+            spec_dir=specs,
+            sizing=False,
+            progress=False,
+            store=store,
+        )
+        rows = {r.variant or r.method: r for r in store.rows("9")}
+    assert summary["rows"] == {"ok": 1, "not run": 1, "failed": 2}
+    assert rows["zero-shot"].status == "ok"
+    assert rows["ft-none"].status == "failed" and rows["ft-none"].reason == "RuntimeError: boom"
+    assert rows["llmlingua2"].status == "not run" and "LLMLingua-2" in rows["llmlingua2"].reason
+    assert rows["broken"].status == "failed" and "method.bogus" in rows["broken"].reason
+    md = (out / "table9.md").read_text()
+    assert "| No template | failed: RuntimeError: boom | — | — |" in md
+    assert "| LLMLingua-2 | not run: " in md and f"| Query only | {rows['zero-shot'].value:.1f} [" in md
+    csv_lines = (out / "table9.csv").read_text().splitlines()
+    assert len(csv_lines) == 5 and csv_lines[2].endswith(",failed,,,,,,,,,,,RuntimeError: boom")
+
+
+def test_sizing_records_skipped_cells_as_not_run(tmp_path, tiny_model_dir):
+    specs = _spec(
+        tmp_path / "specs", 9, "{label: Query only, method: zero-shot}", "{label: FT, method: ft-full}"
+    )
+    text = (specs / "table9.yaml").read_text().replace("tasks: [nl2f]", "tasks: [nl2bash, nl2f]")
+    (specs / "table9.yaml").write_text(text)
+    sizing = tmp_path / "sizing.yaml"
+    sizing.write_text(
+        "profiles:\n  smoke:\n    tasks: [nl2f]\n    overrides: {tasks: {nl2f: {test_limit: 2}}}\n"
+        "    skip: [ft-full]\n    reason: too slow here\n"
+    )
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        summary = reproduce(
+            "smoke",
+            "9",
+            model=str(tiny_model_dir),
+            out=tmp_path / "out",
+            spec_dir=specs,
+            sizing=sizing,
+            progress=False,
+            store=store,
+        )
+        rows = {(r.method, r.task): r for r in store.rows("9")}
+    assert summary["rows"] == {"ok": 1, "not run": 3, "failed": 0}
+    assert rows[("zero-shot", "nl2f")].n == 2  # the sizing override reached the experiment
+    assert rows[("ft-full", "nl2f")].reason == "too slow here"
+    assert rows[("zero-shot", "nl2bash")].reason.startswith(
+        "task nl2bash is not in the smoke profile's reproduce"
+    )
+
+
+def test_cli_writes_tables_and_prints_summary(tmp_path, tiny_model_dir):
+    specs = _spec(tmp_path / "specs", 9, "{label: Query only, method: zero-shot}")
+    app = typer.Typer()
+    app.command()(reproduce_cmd)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        [
+            "--profile",
+            "smoke",
+            "--tables",
+            str(specs / "table9.yaml"),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert summary["rows"] == {"ok": 1, "not run": 0, "failed": 0}
+    assert "Command: `promptintern reproduce --profile smoke --tables" in (out / "table9.md").read_text()
+    with ResultsStore() as store:  # the default store under the (test) PROMPTINTERN_HOME
+        assert [r.method for r in store.rows("9", "smoke")] == ["zero-shot"]

@@ -1,0 +1,101 @@
+"""Results store (SQLite upsert, schema version, WAL), provenance fields and the price list."""
+
+import re
+import sqlite3
+
+import pytest
+
+from promptintern import provenance
+from promptintern.cost import PriceError, cost, load_prices
+from promptintern.store import ResultsStore, RunRow, StoreError
+
+
+def _row(**kw):
+    base = dict(table_id="1", method="promptintern", task="nl2bash", model="embedded", profile="cpu")
+    return RunRow(**(base | kw))
+
+
+def test_round_trip_and_upsert_without_duplicates(tmp_path):
+    path = tmp_path / "r.sqlite"
+    prov = provenance.collect(seed=0, wall_s=1.5, settings_key="abc")
+    with ResultsStore(path) as store:
+        store.record(_row(value=10.0, ci_lo=5.0, ci_hi=15.0, n=20, tau_all=0.25, provenance=prov))
+        store.record(_row(value=12.0, ci_lo=6.0, ci_hi=16.0, n=20, tau_all=0.25, provenance=prov))  # same key
+        store.record(_row(variant="tau-fixed-0.3", value=7.0))
+        store.record({**_row(table_id="2").to_dict(), "status": "not run", "reason": "no checkpoint"})
+        (count,) = store.connection.execute("SELECT COUNT(*) FROM runs").fetchone()
+        assert count == 3
+        rows = store.rows("1", "cpu")
+        assert [(r.variant, r.value) for r in rows] == [("", 12.0), ("tau-fixed-0.3", 7.0)]
+        assert rows[0].ci_hi == 16.0 and rows[0].provenance == prov and rows[0].created_at
+        assert [r.status for r in store.rows(table_id=2)] == ["not run"]
+        assert store.rows(profile="paper") == []
+        assert store.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with ResultsStore(path) as again:  # reopening keeps the rows and the schema
+        assert len(again.rows()) == 3
+        assert again.connection.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+
+
+def test_row_validation_names_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="status must be one of"):
+        _row(status="done")
+    with pytest.raises(ValueError, match="needs a reason"):
+        _row(status="failed")
+    with pytest.raises(ValueError, match="'model' must be a non-empty"):
+        _row(model="")
+    with (
+        ResultsStore(tmp_path / "r.sqlite") as store,
+        pytest.raises(ValueError, match="unknown run row field"),
+    ):
+        store.record({**_row().to_dict(), "bleu": 3})
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "r.sqlite"
+    ResultsStore(path).close()
+    con = sqlite3.connect(path)
+    con.execute("UPDATE schema_version SET version = 99 WHERE component = 'runs'")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        ResultsStore(path)
+
+
+def test_default_path_under_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTINTERN_HOME", str(tmp_path / "h"))
+    with ResultsStore() as store:
+        assert store.path == tmp_path / "h" / "results.sqlite" and store.path.is_file()
+
+
+def test_provenance_fields(tmp_path):
+    p = provenance.collect(seed=3, wall_s=2.0, settings_key="k")
+    assert p["seed"] == 3 and p["wall_s"] == 2.0 and p["settings_key"] == "k"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", p["created_at"])
+    git = p["git"]
+    assert git["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", git["commit"])
+    assert git["dirty"] in (True, False, None)
+    for name in ("torch", "transformers", "peft", "llmlingua", "sacrebleu", "promptintern"):
+        assert name in p["packages"]
+    assert p["packages"]["promptintern"] and p["python"].count(".") == 2
+    hw = p["hardware"]
+    assert hw["cores"] >= 1 and hw["ram_gib"] > 0 and isinstance(hw["gpu"], list) and hw["cpu"]
+    # outside a git checkout the git fields are None, not an error
+    assert provenance.git_info(tmp_path) == {"commit": None, "dirty": None}
+
+
+def test_prices_and_cost(tmp_path):
+    prices = load_prices()
+    assert prices.as_of and "openai" in prices.source.lower()
+    assert cost("embedded", 3000, 100) == 0.0
+    assert cost("/some/local/checkpoint", 3000, 100) == 0.0  # default: local models are free
+    assert cost("gpt-4", 1000, 1000) == pytest.approx(0.09)
+    assert cost("openai:gpt-4", 500, 0) == pytest.approx(0.015)
+    mine = tmp_path / "p.yaml"
+    mine.write_text("as_of: '2025-01-01'\nmodels: {my-api: {input: 1.0, output: 2.0}}\n")
+    merged = load_prices(mine)
+    assert merged.as_of == "2025-01-01" and merged.cost("my-api", 2000, 500) == pytest.approx(3.0)
+    assert merged.cost("gpt-4", 1000, 0) == pytest.approx(0.03)  # packaged prices are kept
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("as_of: x\nmodels: {m: {input: -1, output: 0}}\n")
+    with pytest.raises(PriceError, match=r"models\.m\.input"):
+        load_prices(bad)

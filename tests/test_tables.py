@@ -1,0 +1,197 @@
+"""Table specs and rendering from hand-inserted store rows (exact Markdown / CSV), latency layout, sizing."""
+
+import json
+
+import pytest
+
+from promptintern.profile import load_profile
+from promptintern.reproduce import Sizing, apply_overrides, load_sizing, tau_all
+from promptintern.run import METHODS
+from promptintern.store import ResultsStore, RunRow
+from promptintern.tables import (
+    RowSpec,
+    SpecError,
+    TableSpec,
+    load_spec,
+    load_specs,
+    parse_tables,
+    write_table,
+)
+
+PROV = {
+    "git": {"commit": "a" * 40, "dirty": True},
+    "packages": {"torch": "2.13.0", "peft": None},
+    "python": "3.11.7",
+    "hardware": {"cpu": "CPU X", "cores": 2, "cores_usable": 2, "ram_gib": 23.5, "gpu": []},
+}
+
+
+def _row(method, **kw):
+    base = dict(table_id="9", method=method, task="nl2bash", model="embedded", profile="cpu", provenance=PROV)
+    return RunRow(**(base | kw))
+
+
+def test_paper_specs_load():
+    specs = load_specs()
+    assert [s.id for s in specs] == [str(i) for i in range(1, 9)]
+    for spec in specs:
+        assert spec.title.startswith(f"Table {spec.id}:") and spec.rows
+        assert all(r.method in METHODS for r in spec.rows)
+    by_id = {s.id: s for s in specs}
+    assert {r.method for r in by_id["1"].rows} >= {"selective-context", "llmlingua2", "promptintern"}
+    assert [s.tasks for s in specs[1:4]] == [("mbpp",), ("nl2f",), ("nl2bash",)]
+    variants = {r.variant: r.overrides for r in by_id["5"].rows + by_id["6"].rows if r.variant}
+    assert variants["tau-fixed-0.3"] == {
+        "method": {"template_schedule": {"pattern": "step", "start": 0.3, "end": 0.0}}
+    }
+    assert variants["retrieval-25"] == {"method": {"retrieval_fraction": 0.25}}
+    assert by_id["8"].layout == "latency" and by_id["8"].reference == ("ft-full", "zero-shot-full")
+    assert parse_tables("1, 3") == ["1", "3"]
+
+
+def test_spec_errors_name_file_and_field(tmp_path):
+    bad = tmp_path / "table9.yaml"
+    bad.write_text("id: 9\ntitle: T\ntasks: [nl2bash, sql]\nrows: [{label: A, method: magic}]\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(9, tmp_path)
+    msg = str(err.value)
+    assert "table9.yaml" in msg and "unknown task(s) sql" in msg and "unknown method 'magic'" in msg
+    with pytest.raises(ValueError, match="need a variant name"):
+        TableSpec(
+            id="9",
+            title="T",
+            tasks=("nl2bash",),
+            rows=(RowSpec(label="A", method="promptintern", overrides={"x": 1}),),
+        )
+    with pytest.raises(ValueError, match="are both 'zero-shot'"):
+        TableSpec(id="9", title="T", tasks=("nl2bash",), rows=(RowSpec(label="A", method="zero-shot"),) * 2)
+    with pytest.raises(SpecError, match="no table spec"):
+        load_spec(42, tmp_path)
+
+
+SMALL = """id: "9"
+title: "Table 9: tiny"
+caption: A caption.
+tasks: [nl2bash]
+rows:
+  - {label: PromptIntern, method: promptintern}
+  - {label: LLMLingua-2, method: llmlingua2}
+  - {label: Gist, method: gist}
+"""
+
+EXPECTED_MD = """# Table 9: tiny
+
+A caption.
+
+Profile `cpu`, model `embedded`.
+
+| Method | NL2Bash BLEU | NL2Bash tokens | NL2Bash τ_all |
+| --- | ---: | ---: | ---: |
+| PromptIntern | 12.3 [10.0, 14.6] | 56.3 | 0.017 |
+| LLMLingua-2 | not run: no checkpoint \\| set X | — | — |
+| Gist | — | — | — |
+
+Test instances per cell: NL2Bash n = 20.
+Provenance: commit aaaaaaaaaaaa (dirty); seed 0; python 3.11.7, torch 2.13.0; hardware: CPU X (2 cores, 23.5 GiB RAM, no GPU); rendered 2026-01-01T00:00:00Z.
+Command: `promptintern reproduce --tables 9`
+"""
+
+EXPECTED_CSV = """table,label,method,variant,task,status,metric,value,ci_lo,ci_hi,n,input_tokens_mean,tau_all,latency_s_mean,speedup,cost_usd_per_instance,reason
+9,PromptIntern,promptintern,,nl2bash,ok,bleu,12.345,10,14.56,20,56.3,0.01675,0.5,,0,
+9,LLMLingua-2,llmlingua2,,nl2bash,not run,,,,,,,,,,,no checkpoint | set X
+9,Gist,gist,,nl2bash,missing,,,,,,,,,,,
+"""
+
+
+def test_render_exact_markdown_and_csv(tmp_path):
+    (tmp_path / "table9.yaml").write_text(SMALL)
+    spec = load_spec(9, tmp_path)
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.record(
+            _row(
+                "promptintern",
+                metric="bleu",
+                value=12.345,
+                ci_lo=10.0,
+                ci_hi=14.56,
+                n=20,
+                input_tokens_mean=56.3,
+                tau_all=0.01675,
+                latency_s_mean=0.5,
+                cost_usd_per_instance=0.0,
+            )
+        )
+        store.record(_row("llmlingua2", status="not run", reason="no checkpoint |\n set X"))
+        store.record(_row("promptintern", profile="paper", value=99.0))  # another profile: not shown
+        rows = store.rows("9", "cpu", model="embedded")
+    paths = write_table(
+        spec,
+        rows,
+        tmp_path / "out",
+        profile="cpu",
+        model="embedded",
+        command="promptintern reproduce --tables 9",
+        rendered_at="2026-01-01T00:00:00Z",
+    )
+    assert [p.name for p in paths] == ["table9.md", "table9.csv", "table9.json"]
+    assert paths[0].read_text() == EXPECTED_MD
+    assert paths[1].read_text() == EXPECTED_CSV
+    data = json.loads(paths[2].read_text())
+    assert data["columns"] == ["Method", "NL2Bash BLEU", "NL2Bash tokens", "NL2Bash τ_all"]
+    assert [r["status"] for r in data["records"]] == ["ok", "not run", "missing"]
+    assert data["records"][1]["reason"] == "no checkpoint |\n set X"  # full text kept in JSON
+    assert data["provenance"]["commits"] == ["a" * 40]
+
+
+def test_latency_layout_speedup(tmp_path):
+    spec = load_spec(8)
+    rows = [
+        _row("zero-shot-full", table_id="8", latency_s_mean=4.0, value=1.0, cost_usd_per_instance=0.002),
+        _row("promptintern", table_id="8", latency_s_mean=0.5, value=2.0, cost_usd_per_instance=0.0001),
+        _row("ft-full", table_id="8", status="not run", reason="outside the budget"),
+    ]
+    md = write_table(spec, rows, tmp_path, profile="cpu", model="embedded")[0].read_text()
+    assert "| NL2Bash latency (s) | NL2Bash speedup | NL2Bash $/1K inst |" in md
+    # ft-full has no result, so zero-shot-full is the reference: 4.0 / 0.5 = 8x
+    assert "| PromptIntern | — | — | — | — | — | — | 0.500 | 8.00× | 0.1000 |" in md
+    dashes = "| — | — | — | — | — | — |"
+    assert f"| FT: template + k shots {dashes} not run: outside the budget | — | — |" in md
+    assert "Speedup reference: NL2Bash: zero-shot-full." in md
+    csv_text = (tmp_path / "table8.csv").read_text()
+    assert "promptintern,,nl2bash,ok,,2,,,,,,0.5,8," in csv_text
+
+
+def test_tau_all_and_overrides():
+    assert tau_all(50.0, 200.0) == 0.25 and tau_all(None, 200.0) is None and tau_all(5.0, 0.0) is None
+    cpu = load_profile("cpu")
+    v = apply_overrides(
+        cpu, {"method": {"template_schedule": {"pattern": "constant", "start": 0.3, "end": 0.3}}}
+    )
+    assert v.name == "cpu" and v.method.template_schedule.pattern == "constant"
+    assert v.method.template_schedule.rate == cpu.method.template_schedule.rate  # deep merge keeps siblings
+    assert v.method.instruction_compressor == cpu.method.instruction_compressor and v.train == cpu.train
+    assert apply_overrides(cpu, {}) is cpu
+    with pytest.raises(ValueError, match=r"method\.bogus"):
+        apply_overrides(cpu, {"method": {"bogus": 1}})
+    with pytest.raises(ValueError, match="may not change 'name'"):
+        apply_overrides(cpu, {"name": "other"})
+
+
+def test_cpu_sizing_is_documented_and_applies():
+    sizing = load_sizing("cpu")
+    assert sizing.tasks == ("nl2bash",) and "60-minute budget" in sizing.reason
+    assert not sizing.overrides  # the subset sizes live in the cpu profile itself
+    cpu = load_profile("cpu").task("nl2bash")
+    assert (cpu.train_limit, cpu.test_limit) == (8, 20)
+    assert sizing.skips(RowSpec(label="x", method="ft-full"))
+    assert sizing.skips(RowSpec(label="x", method="promptintern", variant="retrieval-25", overrides={"a": 1}))
+    assert not sizing.skips(RowSpec(label="x", method="promptintern"))
+    assert sizing.skips_task("mbpp") and not sizing.skips_task("nl2bash")
+    assert load_sizing("paper") is None and not Sizing("x").skips_task("mbpp")
+
+
+def test_pareto_front():
+    from promptintern.plots import pareto_front
+
+    points = [(56, 12), (56, 2), (900, 8), (1829, 13), (3358, 5), (1829, 13)]
+    assert pareto_front(points) == [(56, 12), (1829, 13)]
