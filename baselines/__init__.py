@@ -5,7 +5,8 @@
   is question-aware, so the template is compressed per instance with the instance's query as the question.
 * Direct fine-tuning (Tables 2–4): template + k shots, template×0.6 + k/2 shots, template only, no template,
   trained and served with the same prompt.
-* Untrained rows: query only (``zero-shot``) and the full prompt (``zero-shot-full``).
+* Untrained rows: query only (``zero-shot``), the full prompt (``zero-shot-full``) and the full prompt with
+  its shared prefix's KV cache reused (``prefix-cached``, :mod:`promptintern.prefix_cache`).
 * Gist tokens (Table 7): :mod:`promptintern.baselines.gist`.
 
 Backends live next to this file (``selective_context``, ``llm_generation`` + ``local_server``, ``gist``);
@@ -46,8 +47,14 @@ DIRECT_FT: dict[str, tuple[float, float]] = {
     "ft-none": (0.0, 0.0),
 }
 
-#: Untrained rows: query only / the full template + k shots.
-ZERO_SHOT: dict[str, tuple[float, float]] = {"zero-shot": (0.0, 0.0), "zero-shot-full": (1.0, 1.0)}
+#: Untrained rows: query only / the full template + k shots / the full prompt served with the key/values of
+#: the prefix shared by all prompts computed once and reused (what a practitioner would try instead).
+ZERO_SHOT: dict[str, tuple[float, float]] = {
+    "zero-shot": (0.0, 0.0),
+    "zero-shot-full": (1.0, 1.0),
+    "prefix-cached": (1.0, 1.0),
+}
+PREFIX_CACHED = "prefix-cached"
 
 GIST = "gist"
 
@@ -60,6 +67,7 @@ __all__ = [
     "COMPRESSION_BASELINES",
     "DIRECT_FT",
     "GIST",
+    "PREFIX_CACHED",
     "ZERO_SHOT",
     "BaselineUnavailable",
     "CompressionBaseline",

@@ -5,9 +5,10 @@ setting that changes the result, so a rerun reuses what is finished: a trained a
 (written one line at a time and resumed by id) and scores.
 
 Methods: ``promptintern`` (progressive schedules of the profile) and every baseline of
-:mod:`promptintern.baselines`: the untrained rows ``zero-shot`` / ``zero-shot-full``; the direct fine-tuning
-configurations ``ft-full`` (template + k shots), ``ft-compressed`` (template×0.6 + k/2 shots), ``ft-template``
-and ``ft-none``; the compression baselines ``selective-context``, ``llmlingua``, ``longllmlingua``,
+:mod:`promptintern.baselines`: the untrained rows ``zero-shot`` / ``zero-shot-full`` / ``prefix-cached`` (the
+full prompt with its shared prefix's KV cache computed once and reused); the direct fine-tuning configurations
+``ft-full`` (template + k shots), ``ft-compressed`` (template×0.6 + k/2 shots), ``ft-template`` and
+``ft-none``; the compression baselines ``selective-context``, ``llmlingua``, ``longllmlingua``,
 ``llmlingua2`` and ``gpt4-generation`` (whole template at the profile's ``baselines.rate``); and ``gist``.
 Baselines use constant schedules over the same number of stages and are served with the prompt they
 trained on. Wall time per phase accumulates in ``timings.json``; ``scores.json`` carries the rate requested
@@ -26,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from promptintern import __version__
-from promptintern.baselines import COMPRESSION_BASELINES, DIRECT_FT, GIST, ZERO_SHOT, BaselineUnavailable
+from promptintern.baselines import (
+    COMPRESSION_BASELINES,
+    DIRECT_FT,
+    GIST,
+    PREFIX_CACHED,
+    ZERO_SHOT,
+    BaselineUnavailable,
+)
 from promptintern.io import atomic_write_text, write_json
 from promptintern.paths import home
 from promptintern.profile import Profile, TrainSpec
@@ -306,9 +314,15 @@ class Experiment:
 
             num_gist = self.profile.baselines.gist.num_gist
             return generate_gist(model, tok, prompts, num_gist=num_gist, max_new_tokens=max_new)
+        rendered = [p.render(tok) for p in prompts]
+        if self.method == PREFIX_CACHED:  # the prefix shared by ALL test prompts, so a resumed run reuses it
+            from promptintern.prefix_cache import PrefixCachedGenerator
+
+            cached = PrefixCachedGenerator(model, tok)
+            cached.prepare([p.render(tok) for p in self.inference_prompts()])
+            return cached.generate(rendered, max_new_tokens=max_new)
         from promptintern.generate import generate
 
-        rendered = [p.render(tok) for p in prompts]
         return generate(model, tok, rendered, max_new_tokens=max_new, batch_size=gen.batch_size)
 
     def predict(self, progress: bool = True) -> Path:
@@ -340,8 +354,9 @@ class Experiment:
                     "output_tokens": g.output_tokens,
                     "latency_s": round(g.latency_s, 4),
                 }
-                if getattr(g, "prefix_tokens", None) is not None:  # gist: the prefix its cached KV replaces
-                    rec["prefix_tokens"] = g.prefix_tokens
+                for extra in ("prefix_tokens", "cached_tokens"):  # gist / prefix-cached: what the cache holds
+                    if getattr(g, extra, None) is not None:
+                        rec[extra] = getattr(g, extra)
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 fh.flush()
         return out

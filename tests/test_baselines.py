@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from typer.testing import CliRunner
 
-from promptintern.baselines import COMPRESSION_BASELINES, DIRECT_FT, BaselineUnavailable
+from promptintern.baselines import COMPRESSION_BASELINES, DIRECT_FT, ZERO_SHOT, BaselineUnavailable
 from promptintern.cli import app
 from promptintern.compress.lingua import LLMLINGUA2_ENV
 from promptintern.profile import load_profile
@@ -101,7 +101,7 @@ def test_train_then_generate_every_method_from_the_cli(method_env, tiny_model_di
     common = ["--task", TASK, "--method", method, "--profile", "smoke", "--model", tiny_model_dir]
     res = _cli("train", *common)
     assert res.exit_code == 0, res.output
-    trains = method not in ("zero-shot", "zero-shot-full")
+    trains = method not in ZERO_SHOT
     assert ("adapter" in res.stdout) == trains and ("has no training" in res.stdout) != trains
     out = tmp_path / "preds.jsonl"
     res = _cli("generate", *common, "--out", out)
@@ -170,6 +170,17 @@ def test_scores_record_rates_tokens_and_wall_time(smoke, tiny_model_dir):
     full = Experiment(TASK, "zero-shot-full", smoke, model=str(tiny_model_dir)).evaluate(progress=False)
     assert full["template"] == {"rate_requested": 1.0, "rate_achieved": 1.0, "shots": 2}
     assert full["input_tokens_mean"] > result["input_tokens_mean"]
+
+
+def test_prefix_cached_serves_the_full_prompt_with_the_same_output(smoke, tiny_model_dir):
+    def records(method):
+        path = Experiment(TASK, method, smoke, model=str(tiny_model_dir)).predict(progress=False)
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    plain, cached = records("zero-shot-full"), records("prefix-cached")
+    assert [r["output"] for r in cached] == [r["output"] for r in plain]
+    assert [r["input_tokens"] for r in cached] == [r["input_tokens"] for r in plain]
+    assert all(0 < r["cached_tokens"] < r["input_tokens"] for r in cached)
 
 
 def test_compressor_options_take_the_runs_model(smoke):

@@ -1,0 +1,123 @@
+"""Shared benchmark fixtures: the model under test, torch threads, MBPP prompts.
+
+Model-dependent benchmarks run on a tiny random Llama by default (2 layers, hidden 64) that uses the embedded
+model's tokenizer when it is installed (SmolLM2's BPE and chat template, so token counts are the real ones),
+else the tests' character-level tokenizer; ``PROMPTINTERN_BENCH_EMBEDDED=1`` runs them on the embedded
+SmolLM2-135M-Instruct instead. Torch uses ``PROMPTINTERN_BENCH_THREADS`` threads (default: 1 for the tiny
+model, torch's default for the embedded one); model benchmarks run at most 2 rounds on the embedded model
+(``PROMPTINTERN_BENCH_ROUNDS`` sets the count). The tiny model measures the suite's overhead and how cost
+scales with prompt length, not a real model's speed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from promptintern.models import EMBEDDED, ModelNotFoundError, load_model, load_tokenizer
+
+EMBEDDED_ENV = "PROMPTINTERN_BENCH_EMBEDDED"
+THREADS_ENV = "PROMPTINTERN_BENCH_THREADS"
+ROUNDS_ENV = "PROMPTINTERN_BENCH_ROUNDS"
+TESTS_CONFTEST = Path(__file__).resolve().parents[1] / "tests" / "conftest.py"
+
+
+def use_embedded() -> bool:
+    return os.environ.get(EMBEDDED_ENV, "") == "1"
+
+
+def _char_tokenizer():
+    """``build_tiny_tokenizer`` of tests/conftest.py (one definition for tests and benchmarks)."""
+    spec = importlib.util.spec_from_file_location("_promptintern_tests_conftest", TESTS_CONFTEST)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_tiny_tokenizer()
+
+
+def _tiny_tokenizer():
+    try:
+        return load_tokenizer(EMBEDDED), "embedded"
+    except ModelNotFoundError:
+        return _char_tokenizer(), "char"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bench_threads():
+    """Torch intra-op threads for the session (restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    wanted = os.environ.get(THREADS_ENV) or ("" if use_embedded() else "1")
+    if wanted:
+        torch.set_num_threads(int(wanted))
+    yield torch.get_num_threads()
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def bench_model_name(tmp_path_factory) -> str:
+    """``"embedded"`` under PROMPTINTERN_BENCH_EMBEDDED=1, else the path of a saved tiny random Llama."""
+    if use_embedded():
+        return EMBEDDED
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok, _ = _tiny_tokenizer()
+    path = tmp_path_factory.mktemp("bench-tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16384,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def rounds():
+    """``rounds(n, warmup)``: ``benchmark.pedantic`` options; the embedded model gets at most 2 rounds and no
+    warm-up round (each costs tens of seconds on 2 cores), ``PROMPTINTERN_BENCH_ROUNDS`` overrides the count."""
+
+    def options(n: int, warmup: int = 0) -> dict:
+        count = int(os.environ.get(ROUNDS_ENV) or 0) or (min(n, 2) if use_embedded() else n)
+        return {"rounds": count, "iterations": 1, "warmup_rounds": 0 if use_embedded() else warmup}
+
+    return options
+
+
+@pytest.fixture(scope="session")
+def model_info(bench_model_name, bench_threads) -> dict:
+    """What every model benchmark records in ``extra_info``."""
+    tokenizer = "embedded" if use_embedded() else _tiny_tokenizer()[1]
+    return {
+        "model": "embedded" if use_embedded() else "tiny-random-llama",
+        "tokenizer": tokenizer,
+        "torch_threads": bench_threads,
+    }
+
+
+@pytest.fixture(scope="module")
+def bench_model(bench_model_name):
+    """The model (cpu, eval) and its tokenizer; one instance per benchmark module."""
+    return load_model(bench_model_name, device="cpu"), load_tokenizer(bench_model_name)
+
+
+@pytest.fixture(scope="session")
+def mbpp():
+    """The MBPP task with its train and test splits."""
+    from promptintern.tasks import get_task
+
+    task = get_task("mbpp")
+    return task, task.load("train"), task.load("test")
