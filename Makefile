@@ -12,6 +12,8 @@ system-deps:
 	@command -v bwrap >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq bubblewrap; }
 	@python3 -c 'import ensurepip' 2>/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv; }
 	@{ command -v cmake && command -v g++; } >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq build-essential cmake; }
+	@# headless Chromium: the leaderboard page test (tests/test_leaderboard_browser.py)
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
 venv:
 	@[ -x $(PY) ] || python3 -m venv $(VENV)

@@ -298,9 +298,13 @@ def show_prompts_cmd(
 
 from promptintern.lm_eval_cli import lm_eval_cmd  # noqa: E402 (imports lm_eval only when run)
 from promptintern.reproduce import reproduce_cmd  # noqa: E402
+from promptintern.submit_cli import data_export_cmd, leaderboard_cmd, submit_cmd  # noqa: E402
 
 app.command("lm-eval")(lm_eval_cmd)
 app.command("reproduce")(reproduce_cmd)
+app.command("submit")(submit_cmd)
+app.command("leaderboard")(leaderboard_cmd)
+data_app.command("export")(data_export_cmd)
 
 
 def main() -> None:
