@@ -31,13 +31,16 @@ def mean_ci(values: Sequence[float], **kwargs) -> tuple[float, float]:
 
 
 def corpus_bleu_ci(predictions: Sequence[str], references: Sequence[str], **kwargs) -> tuple[float, float]:
-    """Bootstrap interval of sacrebleu corpus BLEU (instances resampled, BLEU recomputed)."""
+    """Bootstrap interval of sacrebleu corpus BLEU (instances resampled, BLEU recomputed).
+
+    Corpus BLEU depends only on the summed per-sentence n-gram statistics, so each sentence is tokenised and
+    counted once (sacrebleu's own statistics) and every resample sums rows: the same values as re-scoring the
+    resampled corpus (tested), about 1000x faster on NL2Bash's 621 test commands.
+    """
     from sacrebleu.metrics import BLEU
 
     bleu = BLEU()
-    preds, refs = list(predictions), list(references)
+    stats = np.asarray(bleu._extract_corpus_statistics(list(predictions), [list(references)]), dtype=np.int64)
     return bootstrap_ci(
-        len(preds),
-        lambda idx: bleu.corpus_score([preds[i] for i in idx], [[refs[i] for i in idx]]).score,
-        **kwargs,
+        len(stats), lambda idx: float(bleu._compute_score_from_stats(stats[idx].sum(axis=0)).score), **kwargs
     )

@@ -13,7 +13,7 @@ import typer
 from conftest import needs_bwrap
 from typer.testing import CliRunner
 
-from promptintern import leaderboard, submissions
+from promptintern import leaderboard
 from promptintern.submissions import SubmissionError, load_submission, submit
 from promptintern.submit_cli import data_export_cmd, leaderboard_cmd, submit_cmd
 from promptintern.tasks import get_task
@@ -264,13 +264,21 @@ def test_costs_only_for_priced_models(tmp_path):
         leaderboard.render("pdf", store)
 
 
-def test_bleu_ci_matches_the_reference_bootstrap():
-    from promptintern.stats import corpus_bleu_ci
+def test_corpus_bleu_ci_equals_rescoring_each_resample():
+    from sacrebleu.metrics import BLEU
+
+    from promptintern.stats import bootstrap_ci, corpus_bleu_ci
 
     refs = [i.reference for i in get_task("nl2bash").load("test")[:40]]
     preds = [r if k % 3 else r.split(" ")[0] + " -x foo" for k, r in enumerate(refs)]
-    fast = submissions.bleu_ci(preds, refs, resamples=60)
-    assert fast == corpus_bleu_ci(preds, refs, resamples=60)
+    bleu = BLEU()
+    slow = bootstrap_ci(
+        len(preds),
+        lambda idx: bleu.corpus_score([preds[i] for i in idx], [[refs[i] for i in idx]]).score,
+        resamples=60,
+    )
+    fast = corpus_bleu_ci(preds, refs, resamples=60)
+    assert fast == pytest.approx(slow, abs=1e-9)
     assert fast[0] < fast[1] < 100
 
 
