@@ -306,7 +306,8 @@ class Experiment:
 
         return load_model(self.model), load_tokenizer(self.model)
 
-    def _generations(self, model, tok, prompts):
+    def _generations(self, model, tok, prompts, all_prompts):
+        """Generations for ``prompts`` (those still to predict); ``all_prompts``: the whole test subset's."""
         gen = self.profile.generation_for(self.task_name)
         max_new = gen.max_new_tokens or self.task.max_new_tokens
         if self.method == GIST:
@@ -319,7 +320,7 @@ class Experiment:
             from promptintern.prefix_cache import PrefixCachedGenerator
 
             cached = PrefixCachedGenerator(model, tok)
-            cached.prepare([p.render(tok) for p in self.inference_prompts()])
+            cached.prepare([p.render(tok) for p in all_prompts])
             return cached.generate(rendered, max_new_tokens=max_new)
         from promptintern.generate import generate
 
@@ -337,7 +338,7 @@ class Experiment:
         if not todo:
             return out
         model, tok = self._load_for_generation(progress)
-        stream = self._generations(model, tok, [p for _, p in todo])
+        stream = self._generations(model, tok, [p for _, p in todo], prompts)
         out.parent.mkdir(parents=True, exist_ok=True)
         with self._timed("generate"), open(out, "a", encoding="utf-8") as fh:
             for (inst, _), g in tqdm(
