@@ -32,6 +32,16 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, sor
     return atomic_write_text(path, text + "\n")
 
 
+def append_jsonl(path: str | os.PathLike, obj: Any) -> Path:
+    """Append ``obj`` as one JSON line; the file is rewritten atomically (for small logs, not predictions)."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    line = json.dumps(obj, ensure_ascii=False, default=str)
+    return atomic_write_text(path, old + line + "\n")
+
+
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Copy ``src`` to ``dst`` atomically."""
     dst = Path(dst)

@@ -11,7 +11,9 @@ same test instances. Cost per instance uses :mod:`promptintern.cost`.
 Per-profile sizing (``benchmarks/tables/reproduce.yaml``) restricts tasks, shrinks subsets and skips rows
 so the ``cpu`` profile fits its time budget; skipped cells are recorded as ``not run`` with the reason,
 never dropped. ``--full`` ignores the sizing. Tables are written to ``results/<profile>/tableN.{md,csv,json}``
-with ``pareto-<task>.png``, ``schedules.png`` and ``reproduce-log.json`` (wall time per experiment).
+with ``pareto-<task>.png``, ``schedules.png``, ``reproduce-log.json`` (this invocation: wall time per experiment
+and the compute time of the run that produced each result) and ``reproduce-history.jsonl`` (one line per
+invocation, appended, so a cached rerun does not hide the wall time of the run that computed the results).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import yaml
 from pydantic import ValidationError
 
 from promptintern.cost import Prices, load_prices
-from promptintern.io import write_json
+from promptintern.io import append_jsonl, write_json
 from promptintern.profile import Profile, ProfileError, load_profile
 from promptintern.provenance import collect, utc_now
 from promptintern.store import ResultsStore, RunRow
@@ -240,6 +242,16 @@ def tau_all(input_tokens: float | None, full_tokens: float | None) -> float | No
     return input_tokens / full_tokens
 
 
+def compute_seconds(result: dict[str, Any] | None, wall: float) -> float:
+    """Seconds the experiment's phases took when they ran (``timings_s`` of its cached ``scores.json``).
+
+    A rerun served from the cache takes ``wall`` ~0 s; the stored row keeps the compute time of the run
+    that produced the numbers.  Falls back to ``wall`` when the result has no timings.
+    """
+    timings = (result or {}).get("timings_s") or {}
+    return round(max(sum(timings.values()), 0.0) if timings else wall, 3)
+
+
 def _run_job(job: Job, progress: bool) -> tuple[str, str | None, dict[str, Any] | None]:
     if job.error:
         return "failed", job.error, None
@@ -369,6 +381,7 @@ def reproduce(
             t0 = time.perf_counter()
             status, reason, result = _run_job(job, progress)
             wall = time.perf_counter() - t0
+            compute = compute_seconds(result, wall)
             fields: dict[str, Any] = {}
             if result is not None:
                 fields = _result_fields(job, result, full_tokens(job.task), price_list)
@@ -376,6 +389,7 @@ def reproduce(
             prov = collect(
                 seed=base.seed,
                 wall_s=round(wall, 3),
+                compute_s=compute,
                 settings_key=exp.key if exp is not None and job.error is None else None,
                 timings_s=(result or {}).get("timings_s"),
                 overrides=job.row.overrides,
@@ -393,14 +407,22 @@ def reproduce(
                         status=status,
                         reason=reason,
                         directory=str(exp.directory) if exp is not None else None,
-                        wall_s=round(wall, 3),
+                        wall_s=compute,
                         provenance=prov,
                         **fields,
                     )
                 )
             brief = f"{result['primary']} {result['value']:.2f}" if result else reason
             _say(f"{i}/{len(work.jobs)} {job.name}: {status} ({brief}) in {wall:.1f} s", progress)
-            log.append({"experiment": job.name, "status": status, "reason": reason, "wall_s": round(wall, 3)})
+            log.append(
+                {
+                    "experiment": job.name,
+                    "status": status,
+                    "reason": reason,
+                    "wall_s": round(wall, 3),
+                    "compute_s": compute,
+                }
+            )
             gc.collect()
         paths = render_all(store, specs, out, profile=base.name, model=model_name, command=command)
         rows = [r for spec in specs for r in _cells(spec, store.rows(spec.id, base.name, model=model_name))]
@@ -414,11 +436,13 @@ def reproduce(
             "experiments": log,
             "rows": counts,
             "wall_s": round(total, 3),
+            "compute_s": round(sum(e["compute_s"] for e in log), 3),
             "finished_at": utc_now(),
             "command": command,
             "store": str(store.path),
         }
         paths.append(write_json(out / "reproduce-log.json", summary))
+        paths.append(append_jsonl(out / "reproduce-history.jsonl", summary))
         summary["files"] = [str(p) for p in paths]
         return summary
     finally:

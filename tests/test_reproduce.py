@@ -78,6 +78,16 @@ def test_reproduce_end_to_end_then_cached(tmp_path, tiny_model_dir, monkeypatch)
             "promptintern": pi.value,
         }
         assert len(store.rows()) == 2  # upserted, not duplicated
+        # the cached rerun keeps the compute time of the run that produced the numbers, and both
+        # invocations are in the history
+        first = {e["experiment"]: e for e in summary["experiments"]}
+        for e in again["experiments"]:
+            assert e["compute_s"] == first[e["experiment"]]["compute_s"] > 0
+        assert {r.method: r.wall_s for r in store.rows("9", "smoke")}["promptintern"] == pytest.approx(
+            sum(pi.provenance["timings_s"].values()), abs=1e-3
+        )
+        history = [json.loads(x) for x in (out / "reproduce-history.jsonl").read_text().splitlines()]
+        assert [h["wall_s"] for h in history] == [summary["wall_s"], again["wall_s"]]
 
 
 def test_failing_rows_are_recorded_and_others_render(tmp_path, tiny_model_dir, monkeypatch):
