@@ -11,37 +11,27 @@ scales with prompt length, not a real model's speed.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
 from promptintern.models import EMBEDDED, ModelNotFoundError, load_model, load_tokenizer
+from promptintern.testing import char_tokenizer, save_tiny_llama
 
 EMBEDDED_ENV = "PROMPTINTERN_BENCH_EMBEDDED"
 THREADS_ENV = "PROMPTINTERN_BENCH_THREADS"
 ROUNDS_ENV = "PROMPTINTERN_BENCH_ROUNDS"
-TESTS_CONFTEST = Path(__file__).resolve().parents[1] / "tests" / "conftest.py"
 
 
 def use_embedded() -> bool:
     return os.environ.get(EMBEDDED_ENV, "") == "1"
 
 
-def _char_tokenizer():
-    """``build_tiny_tokenizer`` of tests/conftest.py (one definition for tests and benchmarks)."""
-    spec = importlib.util.spec_from_file_location("_promptintern_tests_conftest", TESTS_CONFTEST)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_tiny_tokenizer()
-
-
 def _tiny_tokenizer():
     try:
         return load_tokenizer(EMBEDDED), "embedded"
     except ModelNotFoundError:
-        return _char_tokenizer(), "char"
+        return char_tokenizer(), "char"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -62,26 +52,9 @@ def bench_model_name(tmp_path_factory) -> str:
     """``"embedded"`` under PROMPTINTERN_BENCH_EMBEDDED=1, else the path of a saved tiny random Llama."""
     if use_embedded():
         return EMBEDDED
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok, _ = _tiny_tokenizer()
     path = tmp_path_factory.mktemp("bench-tiny-llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=16384,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
+    save_tiny_llama(path, tok, hidden_size=64, max_position_embeddings=16384)
     return str(path)
 
 

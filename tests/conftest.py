@@ -7,75 +7,39 @@ import string
 
 import pytest
 
+from promptintern.testing import char_tokenizer, save_tiny_llama
+
+#: Caches shared by every test home of the session: derived dataset splits (the NL2Bash rebuild, 10-20 s)
+#: and the embedded model's GGUF -> HF conversion (~1 min); both are keyed by hashes of their sources.
+SHARED_CACHES = ("datasets", "models")
+
+
+def make_home(tmp_path_factory, name: str = "home"):
+    """A fresh PROMPTINTERN_HOME whose :data:`SHARED_CACHES` point to session-wide folders."""
+    home = tmp_path_factory.mktemp(name)
+    (home / "cache").mkdir()
+    for kind in SHARED_CACHES:
+        shared = tmp_path_factory.getbasetemp() / f"shared-{kind}-cache"
+        shared.mkdir(exist_ok=True)
+        (home / "cache" / kind).symlink_to(shared, target_is_directory=True)
+    return home
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
-    """Every test writes caches and stores under its own temporary PROMPTINTERN_HOME.
-
-    Only ``cache/datasets`` (derived splits such as the NL2Bash rebuild, keyed by a hash of their sources and
-    code) is shared by the session, so the 10-20 s rebuild happens once.
-    """
-    home = tmp_path_factory.mktemp("home")
-    shared = tmp_path_factory.getbasetemp() / "shared-datasets-cache"
-    shared.mkdir(exist_ok=True)
-    (home / "cache").mkdir()
-    (home / "cache" / "datasets").symlink_to(shared, target_is_directory=True)
-    monkeypatch.setenv("PROMPTINTERN_HOME", str(home))
-
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+    """Every test writes caches and stores under its own temporary PROMPTINTERN_HOME (see :func:`make_home`)."""
+    monkeypatch.setenv("PROMPTINTERN_HOME", str(make_home(tmp_path_factory)))
 
 
 def build_tiny_tokenizer():
     """A character-level fast tokenizer with ChatML special tokens (no download)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
-    chars = list(string.printable)
-    vocab = {tok: i for i, tok in enumerate(specials + chars)}
-    raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    raw.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        eos_token="<|im_end|>",
-        bos_token="<|im_start|>",
-    )
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
+    return char_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny random LlamaForCausalLM + tokenizer, loadable by path like any HF checkpoint."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = build_tiny_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def _bwrap_error() -> str:

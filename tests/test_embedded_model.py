@@ -1,6 +1,7 @@
 """Integration tests on the embedded SmolLM2-135M-Instruct GGUF (run with ``pytest -m integration``)."""
 
 import pytest
+from conftest import make_home
 
 from promptintern.generate import generate
 from promptintern.models import EMBEDDED, embedded_checkpoint, embedded_gguf_path, load_model, load_tokenizer
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
     mp = pytest.MonkeyPatch()
-    mp.setenv("PROMPTINTERN_HOME", str(tmp_path_factory.mktemp("embedded-home")))
+    mp.setenv("PROMPTINTERN_HOME", str(make_home(tmp_path_factory, "embedded-home")))
     embedded_checkpoint.cache_clear()
     yield load_model(EMBEDDED, device="cpu"), load_tokenizer(EMBEDDED)
     embedded_checkpoint.cache_clear()

@@ -424,11 +424,13 @@ def test_generate_gist_stop_strings_and_errors(tiny_model_dir):
 @pytest.mark.integration
 def test_embedded_model_gist_cache_matches_masked_sequence(tmp_path_factory):
     """SmolLM2 (tied embeddings, its own chat template): split, gist row and cached decoding on the real model."""
+    from conftest import make_home
+
     from promptintern.models import EMBEDDED, embedded_checkpoint
     from promptintern.tasks import get_task
 
     mp = pytest.MonkeyPatch()
-    mp.setenv("PROMPTINTERN_HOME", str(tmp_path_factory.mktemp("embedded-home")))
+    mp.setenv("PROMPTINTERN_HOME", str(make_home(tmp_path_factory, "embedded-home")))
     embedded_checkpoint.cache_clear()
     try:
         model, tok = load_model(EMBEDDED, device="cpu"), load_tokenizer(EMBEDDED)
