@@ -28,7 +28,11 @@ from promptintern.paths import REPO_ROOT
 from promptintern.provenance import describe_hardware, environment, utc_now
 from promptintern.store import ResultsStore, RunRow
 
-SPEC_DIR = REPO_ROOT / "benchmarks" / "tables"
+#: Table specs: ``benchmarks/tables`` in a checkout; installed as ``promptintern/experiments`` from a wheel.
+SPEC_DIR = next(
+    (d for d in (REPO_ROOT / "benchmarks" / "tables", Path(__file__).parent / "experiments") if d.is_dir()),
+    REPO_ROOT / "benchmarks" / "tables",
+)
 TASK_TITLES = {"mbpp": "MBPP", "nl2f": "NL2F", "nl2bash": "NL2Bash"}
 METRIC_TITLES = {"pass@1": "pass@1", "em": "EM", "bleu": "BLEU"}
 #: Longest reason shown in a Markdown cell (CSV and JSON keep the whole text).
