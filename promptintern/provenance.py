@@ -39,7 +39,8 @@ def _run(*cmd: str, timeout: float = 10.0) -> str | None:
 def git_info(root=REPO_ROOT) -> dict[str, Any]:
     """``{"commit", "dirty"}`` of the checkout at ``root`` (``None`` values outside a git checkout).
 
-    ``dirty`` counts tracked files only (untracked files do not change a result's code).
+    ``dirty`` counts tracked files only (untracked files do not change a result's code), outside ``results/``
+    (the harness's own output, rewritten by every run).
     """
     if shutil.which("git") is None:
         return {"commit": None, "dirty": None}
@@ -47,7 +48,7 @@ def git_info(root=REPO_ROOT) -> dict[str, Any]:
     commit = _run(*git, "rev-parse", "HEAD")
     if not commit:
         return {"commit": None, "dirty": None}
-    status = _run(*git, "status", "--porcelain", "--untracked-files=no")
+    status = _run(*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 

@@ -83,6 +83,26 @@ def test_provenance_fields(tmp_path):
     assert provenance.git_info(tmp_path) == {"commit": None, "dirty": None}
 
 
+def test_git_dirty_ignores_the_harness_results(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "table1.md").write_text("old\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert provenance.git_info(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "table1.md").write_text("new\n")  # rewritten by a run: not a code change
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert provenance.git_info(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert provenance.git_info(tmp_path)["dirty"] is True
+
+
 def test_prices_and_cost(tmp_path):
     prices = load_prices()
     assert prices.as_of and "openai" in prices.source.lower()
