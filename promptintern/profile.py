@@ -86,6 +86,10 @@ class TrainSpec(_Strict):
 class GenerationSpec(_Strict):
     batch_size: int = 1
     max_new_tokens: int | None = None
+    #: Fold a trained LoRA adapter into the base weights before decoding (``merge_and_unload``), as a
+    #: deployment would, so a fine-tuned model decodes as fast as its base model; False serves the unmerged
+    #: peft model (extra LoRA matmuls on every token). Methods without a LoRA adapter ignore it.
+    merge_adapter: bool = True
 
 
 class TaskSpec(_Strict):

@@ -396,6 +396,9 @@ def reproduce(
                 sizing=size.source if size else None,
                 prices_as_of=price_list.as_of,
             )
+            computed = (result or {}).get("provenance")
+            if computed:  # git, packages and hardware of the run that computed the result; this run's git kept
+                prov = {**prov, **computed, "recorded_git": prov["git"]}
             for spec, row in job.cells:
                 store.record(
                     _row(

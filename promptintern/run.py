@@ -202,10 +202,21 @@ class Experiment:
             "compressor": p.method.model_dump(include={"instruction_compressor", "document_compressor"}),
             "retrieval_fraction": p.method.retrieval_fraction,
             "train": self._effective_train() if self.trains else None,
-            "generation": p.generation_for(self.task_name).model_dump(),
+            "generation": self._generation_settings(),
             "train_ids": [i.id for i in self.train_set] if self.trains else None,
             "test_ids": [i.id for i in self.test_set],
         }
+
+    @property
+    def merges_adapter(self) -> bool:
+        """Whether generation folds this method's LoRA adapter into the base weights (never for Gist)."""
+        return self.trains and self.method != GIST and self.profile.generation_for(self.task_name).merge_adapter
+
+    def _generation_settings(self) -> dict[str, Any]:
+        # merge_adapter enters the key only where it applies and is on, so the keys of runs without a
+        # merged adapter (untrained methods, Gist, and every run made before the option existed) stay valid
+        gen = self.profile.generation_for(self.task_name).model_dump(exclude={"merge_adapter"})
+        return gen | ({"merge_adapter": True} if self.merges_adapter else {})
 
     @cached_property
     def key(self) -> str:
@@ -301,7 +312,7 @@ class Experiment:
         if adapter is not None:
             from promptintern.train import load_for_inference
 
-            return load_for_inference(self.model, adapter)
+            return load_for_inference(self.model, adapter, merge=self.merges_adapter)
         from promptintern.models import load_model, load_tokenizer
 
         return load_model(self.model), load_tokenizer(self.model)
@@ -377,6 +388,7 @@ class Experiment:
         """Score the predictions (cached in ``scores.json``) with a 95 % bootstrap interval."""
         from promptintern.evaluate import confidence_interval
         from promptintern.predictions import read_predictions, write_jsonl
+        from promptintern.provenance import environment, utc_now
 
         cached = self.directory / "scores.json"
         if cached.is_file():
@@ -401,6 +413,8 @@ class Experiment:
             "method": self.method,
             "model": self.model,
             "profile": self.profile.name,
+            # the code, packages and machine that computed these numbers (a cached rerun keeps them)
+            "provenance": {**environment(), "computed_at": utc_now()},
         }
         write_jsonl(self.directory / "scores.jsonl", score.per_instance)
         self._write_json("scores.json", result)

@@ -83,6 +83,8 @@ def test_reproduce_end_to_end_then_cached(tmp_path, tiny_model_dir, monkeypatch)
         first = {e["experiment"]: e for e in summary["experiments"]}
         for e in again["experiments"]:
             assert e["compute_s"] == first[e["experiment"]]["compute_s"] > 0
+        rerun = {r.method: r for r in store.rows("9", "smoke")}["promptintern"]
+        assert rerun.provenance["computed_at"] == pi.provenance["computed_at"] and "recorded_git" in rerun.provenance
         assert {r.method: r.wall_s for r in store.rows("9", "smoke")}["promptintern"] == pytest.approx(
             sum(pi.provenance["timings_s"].values()), abs=1e-3
         )

@@ -127,3 +127,24 @@ def test_example_schedule_is_a_fraction_of_k_and_keeps_old_keys(smoke):
     assert no_examples.key != base.key
     data["method"]["example_schedule"] = None
     assert Experiment("mbpp", "promptintern", type(smoke).model_validate(data)).key == base.key
+
+
+def test_merge_adapter_enters_the_key_only_where_it_applies(smoke, monkeypatch):
+    data = smoke.model_dump()
+    data["generation"]["merge_adapter"] = False
+    unmerged_profile = type(smoke).model_validate(data)
+    merged = Experiment("nl2f", "promptintern", smoke, model="m1")  # merge_adapter defaults to True
+    unmerged = Experiment("nl2f", "promptintern", unmerged_profile, model="m1")
+    assert merged.settings()["generation"]["merge_adapter"] is True and merged.key != unmerged.key
+    assert "merge_adapter" not in unmerged.settings()["generation"]  # keys of earlier runs stay valid
+    for method in ("zero-shot", "gist"):  # no adapter to merge: same key either way
+        assert Experiment("nl2f", method, smoke, model="m1").key == (
+            Experiment("nl2f", method, unmerged_profile, model="m1").key
+        )
+
+    seen = []
+    monkeypatch.setattr("promptintern.train.load_for_inference", lambda *a, **k: seen.append(k) or ("m", "t"))
+    for exp in (unmerged, merged):
+        monkeypatch.setattr(exp, "train", lambda progress=True: "adapter-dir")
+        assert exp._load_for_generation(progress=False) == ("m", "t")
+    assert seen == [{"merge": False}, {"merge": True}]
