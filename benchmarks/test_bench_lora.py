@@ -12,25 +12,19 @@ import torch
 
 from promptintern.generate import generate
 from promptintern.prompt import build_prompt
-from promptintern.train import TrainConfig
+from promptintern.train import TrainConfig, lora_config
 
 NEW = 16
 
 
 @pytest.fixture(scope="module")
 def lora_models(bench_model_name, mbpp):
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     from promptintern.models import load_model, load_tokenizer
 
     tok = load_tokenizer(bench_model_name)
-    defaults = TrainConfig(model=bench_model_name, output_dir="unused")
-    config = LoraConfig(
-        r=defaults.lora_r,
-        lora_alpha=defaults.lora_alpha,
-        target_modules=list(defaults.target_modules),
-        task_type="CAUSAL_LM",
-    )
+    config = lora_config(TrainConfig(model=bench_model_name, output_dir="unused"))  # the trainer's defaults
     torch.manual_seed(0)
     unmerged = get_peft_model(load_model(bench_model_name, device="cpu"), config).eval()
     with torch.no_grad():

@@ -249,7 +249,7 @@ def compute_seconds(result: dict[str, Any] | None, wall: float) -> float:
     that produced the numbers.  Falls back to ``wall`` when the result has no timings.
     """
     timings = (result or {}).get("timings_s") or {}
-    return round(max(sum(timings.values()), 0.0) if timings else wall, 3)
+    return round(sum(timings.values()) if timings else wall, 3)
 
 
 def _run_job(job: Job, progress: bool) -> tuple[str, str | None, dict[str, Any] | None]:

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from promptintern.collate import PadCollator, encode, end_of_turn
 from promptintern.io import write_json
@@ -247,8 +248,22 @@ def _dtype(config: TrainConfig, device: str) -> str:
     return config.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
 
 
+def lora_config(config: TrainConfig, **options: Any):
+    """The peft ``LoraConfig`` of ``config`` (rank, alpha, dropout, target modules); ``options`` are added."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        **options,
+    )
+
+
 def _stage_model(config: TrainConfig, previous: Path | None, seed: int, tokenizer, hooks: StageHooks):
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import set_seed
 
     device = _device(config)
@@ -259,16 +274,8 @@ def _stage_model(config: TrainConfig, previous: Path | None, seed: int, tokenize
     if previous is not None:
         model = PeftModel.from_pretrained(base, str(previous), is_trainable=True)
     else:
-        lora = LoraConfig(
-            task_type="CAUSAL_LM",
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=list(config.target_modules),
-            **hooks.lora_options,
-        )
         set_seed(seed)  # LoRA A matrices are drawn here
-        model = get_peft_model(base, lora)
+        model = get_peft_model(base, lora_config(config, **hooks.lora_options))
     return hooks.prepare_model(model) if hooks.prepare_model is not None else model
 
 

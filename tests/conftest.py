@@ -7,7 +7,7 @@ import string
 
 import pytest
 
-from promptintern.testing import char_tokenizer, save_tiny_llama
+from promptintern.testing import save_tiny_llama
 
 #: Caches shared by every test home of the session: derived dataset splits (the NL2Bash rebuild, 10-20 s)
 #: and the embedded model's GGUF -> HF conversion (~1 min); both are keyed by hashes of their sources.
@@ -29,11 +29,6 @@ def make_home(tmp_path_factory, name: str = "home"):
 def _isolated_home(tmp_path_factory, monkeypatch):
     """Every test writes caches and stores under its own temporary PROMPTINTERN_HOME (see :func:`make_home`)."""
     monkeypatch.setenv("PROMPTINTERN_HOME", str(make_home(tmp_path_factory)))
-
-
-def build_tiny_tokenizer():
-    """A character-level fast tokenizer with ChatML special tokens (no download)."""
-    return char_tokenizer()
 
 
 @pytest.fixture(scope="session")

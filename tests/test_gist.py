@@ -49,9 +49,9 @@ def _one_thread():
 
 
 def tiny_tokenizer():
-    from conftest import build_tiny_tokenizer
+    from promptintern.testing import char_tokenizer
 
-    return build_tiny_tokenizer()
+    return char_tokenizer()
 
 
 def tiny_llama(tok, *, layers: int = 2, attn: str = "sdpa", **overrides):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import build_tiny_tokenizer, needs_bwrap
+from conftest import needs_bwrap
 
 pytest.importorskip("lm_eval")
 
@@ -16,6 +16,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 from promptintern.prompt import build_prompt  # noqa: E402
 from promptintern.tasks import get_task  # noqa: E402
 from promptintern.tasks.lm_eval_support import include_path, task_names  # noqa: E402
+from promptintern.testing import char_tokenizer  # noqa: E402
 
 ALL = [
     "promptintern_mbpp",
@@ -133,7 +134,7 @@ def test_full_prompt_with_chat_template_matches_zero_shot_full(manager, tiny_mod
     from promptintern.run import Experiment
 
     exp = Experiment("nl2f", "zero-shot-full", load_profile("smoke"), model=str(tiny_model_dir))
-    suite = [p.render(build_tiny_tokenizer()) for p in exp.inference_prompts()[:2]]
+    suite = [p.render(char_tokenizer()) for p in exp.inference_prompts()[:2]]
     manager = TaskManager(
         include_path=include_path(), include_defaults=False, metadata={"shots": exp.inference_plan.shots}
     )

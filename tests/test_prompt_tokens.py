@@ -32,9 +32,9 @@ def test_instance_cannot_be_its_own_example(mbpp):
 
 
 def test_messages_and_chat_rendering():
-    from conftest import build_tiny_tokenizer
+    from promptintern.testing import char_tokenizer
 
-    tok = build_tiny_tokenizer()
+    tok = char_tokenizer()
     p = Prompt(query="Q?", instruction="Be brief.", documents="DOC", examples=("## Example 1\nq\na",))
     msgs = p.to_messages(answer="A")
     assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
@@ -45,9 +45,9 @@ def test_messages_and_chat_rendering():
 
 
 def test_token_counts_shrink_with_parts(mbpp):
-    from conftest import build_tiny_tokenizer
+    from promptintern.testing import char_tokenizer
 
-    counter = HFTokenCounter(build_tiny_tokenizer(), name="tiny-char")
+    counter = HFTokenCounter(char_tokenizer(), name="tiny-char")
     inst, shots = mbpp.load("test")[0], mbpp.load("train")[:3]
     full = build_prompt(mbpp, inst, mbpp.template(), shots)
     counts = [counter.count_prompt(p) for p in (full, full.with_template(None), build_prompt(mbpp, inst))]
