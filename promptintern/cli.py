@@ -242,38 +242,58 @@ def tokens_cmd(
     task_name: str = _task_option(),
     profile: str = _profile_option(),
     model: str | None = _model_option(),
+    template: str | None = typer.Option(
+        None, "--template", help="Template variant: paper or extended (default: the profile's)."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Mean input tokens over the whole test split per prompt configuration, with the model's tokenizer."""
+    """Mean input tokens over the whole test split per prompt configuration, with the model's tokenizer.
+
+    With cl100k (``--model openai:gpt-4``) the paper's figures (Tables 2-4) are printed beside ours.
+    """
+    from promptintern.paper_figures import CONFIGURATIONS, compare
+    from promptintern.profile import load_profile
+    from promptintern.run import Experiment
+    from promptintern.tasks import TEMPLATE_VARIANTS
     from promptintern.tokens import counter_for
 
-    configs = ["zero-shot-full", "ft-compressed", "ft-template", "ft-none", "promptintern"]
-    labels = {
-        "zero-shot-full": "template + k-shots",
-        "ft-compressed": "template x0.6 + k/2-shots",
-        "ft-template": "template only",
-        "ft-none": "no template",
-        "promptintern": "PromptIntern (query only)",
-    }
+    if template is not None and template not in TEMPLATE_VARIANTS:
+        raise typer.BadParameter(f"choose from {', '.join(TEMPLATE_VARIANTS)}", param_hint="--template")
+    prof = load_profile(profile)
+    if template is not None:
+        prof = prof.model_copy(update={"template": template})
     counter = None
-    rows = {}
+    rows, fit = {}, {}
     with _stdout_to_stderr():
-        for method in configs:
-            exp = _experiment(task_name, method, profile, model, full_test=True)
+        for method, label in CONFIGURATIONS.items():
+            exp = Experiment(task_name, method, prof, model, full_test=True)
             counter = counter or counter_for(exp.model)
             prompts = exp.inference_prompts()
-            rows[labels[method]] = sum(counter.count_prompt(p) for p in prompts) / len(prompts)
-    full = rows[labels["zero-shot-full"]]
+            rows[label] = sum(counter.count_prompt(p) for p in prompts) / len(prompts)
+            fit[label] = exp.inference_fit.to_dict()  # examples dropped, queries shrunk to fit the context
+    full = rows[CONFIGURATIONS["zero-shot-full"]]
     result = {
         "task": task_name,
         "tokenizer": counter.name,
         "n": len(prompts),
         "mean_input_tokens": rows,
         "reduction_vs_full": {k: 1 - v / full for k, v in rows.items()},
+        "template": prof.template,
+        "shots": exp.shots,
+        "context_fit": fit,
     }
-    table = Table("configuration", "mean input tokens", "reduction", title=f"{task_name}: {counter.name}")
+    paper = compare(task_name, rows, counter.name)
+    if paper is not None:
+        result["paper"] = paper
+    columns = ["configuration", "mean input tokens", "reduction"]
+    if paper:
+        columns += [f"paper ({paper['model']}, k={paper['shots']})", "vs paper"]
+    table = Table(*columns, title=f"{task_name}: {counter.name}, {prof.template} template, k={exp.shots}")
     for k, v in rows.items():
-        table.add_row(k, f"{v:.1f}", f"{100 * (1 - v / full):.1f} %")
+        cells = [k, f"{v:.1f}", f"{100 * (1 - v / full):.1f} %"]
+        if paper:
+            cells += [str(paper["mean_input_tokens"][k]), f"{100 * paper['relative_difference'][k]:+.1f} %"]
+        table.add_row(*cells)
     _emit(result, as_json, table)
 
 
@@ -288,12 +308,9 @@ def show_prompts_cmd(
     inst = next((i for i in exp.bank if i.id == instance_id), None)
     if inst is None:
         raise typer.BadParameter(f"no train instance {instance_id!r} in {task_name}")
-    from promptintern.stages import example_map, stage_prompt
-
-    shots = example_map([inst], exp.bank, max(p.shots for p in exp.plans), seed=exp.profile.seed)[inst.id]
-    for plan in exp.plans:
+    for plan, example in zip(exp.plans, exp.stage_examples([inst]), strict=True):
         typer.echo(f"===== stage {plan.index}: template rate {plan.tau:g}, {plan.shots} example(s) =====")
-        typer.echo(stage_prompt(exp.task, inst, plan, shots).to_text())
+        typer.echo(example[0].prompt.to_text())
 
 
 from promptintern.lm_eval_cli import lm_eval_cmd  # noqa: E402 (imports lm_eval only when run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from promptintern.tasks.base import Instance, Task, TaskScore, Template
+from promptintern.tasks.base import TEMPLATE_VARIANTS, Instance, Task, TaskScore, Template
 
 _REGISTRY = {
     "mbpp": "promptintern.tasks.mbpp:MBPPTask",
@@ -16,7 +16,7 @@ TASK_NAMES = tuple(_REGISTRY)
 
 
 def get_task(name: str, **kwargs) -> Task:
-    """Instantiate a registered task by name."""
+    """Instantiate a registered task by name; ``template="extended"`` selects the long template variant."""
     try:
         module_name, cls_name = _REGISTRY[name].split(":")
     except KeyError:
@@ -24,4 +24,4 @@ def get_task(name: str, **kwargs) -> Task:
     return getattr(import_module(module_name), cls_name)(**kwargs)
 
 
-__all__ = ["Instance", "Task", "TaskScore", "Template", "TASK_NAMES", "get_task"]
+__all__ = ["Instance", "Task", "TaskScore", "Template", "TASK_NAMES", "TEMPLATE_VARIANTS", "get_task"]

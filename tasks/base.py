@@ -15,6 +15,18 @@ from typing import Any
 
 import yaml
 
+#: Prompt template variants of every task and the file each reads under ``tasks/<name>/``: ``paper`` is sized
+#: like the paper's prompts (Figures 5-7, Tables 2-4), ``extended`` is the long API-document template.
+TEMPLATE_FILES: dict[str, str] = {"paper": "template.yaml", "extended": "template-extended.yaml"}
+TEMPLATE_VARIANTS: tuple[str, ...] = tuple(TEMPLATE_FILES)
+
+
+def check_template_variant(template: str) -> str:
+    """``template`` if it names a variant; a ``ValueError`` listing the variants otherwise."""
+    if template not in TEMPLATE_FILES:
+        raise ValueError(f"unknown template variant {template!r}; choose from {', '.join(TEMPLATE_VARIANTS)}")
+    return template
+
 
 @dataclass(frozen=True)
 class Instance:
@@ -73,16 +85,37 @@ class Task(ABC):
     max_new_tokens: int = 256
     #: The paper's example counts per stage for this task (k for the full-prompt stage first).
     paper_shots: tuple[int, ...] = (10, 5, 0)
+    #: Version of the metric and the answer extractor; bumped whenever a score could change, so cached run
+    #: keys that include it are invalidated.
+    metric_version: str = "1"
+    #: Prompt template variant (see :data:`TEMPLATE_FILES`); set per instance by the constructor.
+    template_variant: str = "paper"
+
+    def __init__(self, template: str = "paper"):
+        self.template_variant = check_template_variant(template)
 
     @property
     def directory(self) -> Path:
         return Path(__file__).resolve().parent / self.name
 
+    @property
+    def template_file(self) -> Path:
+        """The YAML file of this task's template variant."""
+        return self.directory / TEMPLATE_FILES[self.template_variant]
+
     @cached_property
     def config(self) -> dict[str, Any]:
-        path = self.directory / "template.yaml"
-        with open(path, encoding="utf-8") as fh:
+        with open(self.template_file, encoding="utf-8") as fh:
             return yaml.safe_load(fh)
+
+    def template_options(self) -> dict[str, Any]:
+        """What identifies this task's template: the variant and the files it reads."""
+        docs = self.config.get("documents") or {}
+        return {
+            "variant": self.template_variant,
+            "file": self.template_file.name,
+            "documents": docs.get("file"),
+        }
 
     # -- data -------------------------------------------------------------------------------------
     @abstractmethod
@@ -97,7 +130,7 @@ class Task(ABC):
 
     # -- prompt parts -----------------------------------------------------------------------------
     def template(self) -> Template:
-        """The task's full template, read from ``template.yaml`` and its documents file."""
+        """The task's full template, read from its variant's template file and documents file."""
         from promptintern.tasks.documents import render_documents
 
         cfg = self.config
@@ -114,6 +147,11 @@ class Task(ABC):
     def format_example(self, index: int, instance: Instance) -> str:
         """One ``## Example i`` block holding a training instance's question and answer."""
         return f"## Example {index}\n{instance.query}\n{self.format_answer(instance.reference)}"
+
+    def shrink(self, instance: Instance) -> Instance | None:
+        """A copy of ``instance`` whose query is one step smaller (same id and reference), or None when it
+        cannot shrink; for prompts that do not fit the context. The base task cannot shrink."""
+        return None
 
     # -- evaluation -------------------------------------------------------------------------------
     @abstractmethod

@@ -13,10 +13,12 @@ from promptintern.paths import DataNotFoundError, data_file
 from promptintern.tasks import get_task
 from promptintern.tasks.base import Instance
 from promptintern.tasks.documents import load_documents
-from promptintern.tasks.nl2f import NL2FTask, extract_formula, nl2formula, spider
-from promptintern.tasks.nl2f.metric import exact_match, normalise
+from promptintern.tasks.nl2f import NL2FTask, extract_formula, metric, nl2formula, spider
+from promptintern.tasks.nl2f.metric import exact_match, normalise, normalise_lenient
 from promptintern.tasks.nl2f.spider import Schema, Unsupported, convert
 from promptintern.tasks.nl2f.table import (
+    DEFAULT_TABLE_ROWS,
+    GridRef,
     cell_text,
     column_letter,
     looks_numeric,
@@ -786,15 +788,48 @@ def _inst(i, ref):
 
 
 def test_exact_match_normalisation():
-    assert normalise(' FILTER( B1 , C1 = "A b" )\n') == 'filter(b1,c1="ab")'
+    """NL2Formula's normalisation: lower case and single spaces outside string literals, ends stripped."""
+    assert normalise(' FILTER( B1 , C1 = "A  b" )\n') == 'filter( b1 , c1 = "A  b" )'
+    assert normalise("SUM(D1)") == normalise(" sum(d1)\t") == "sum(d1)"
+    assert normalise("SUM(\n  D1)") == normalise("SUM( D1)") == "sum( d1)"
+    assert normalise("SUM( D1)") != normalise("SUM(D1)")  # whitespace is collapsed, not removed
+    assert normalise('COUNTIFS(C1,"ParIs")') == 'countifs(c1,"ParIs")'  # case kept inside quotes
+    assert normalise('FILTER(B1,C1="a""B  c""")') == 'filter(b1,c1="a""B  c""")'  # doubled quote stays inside
+    assert normalise('X(A1, "open  Lit') == 'x(a1, "open  Lit'  # an unterminated literal runs to the end
+    assert normalise_lenient(' FILTER( B1 , C1 = "A b" )\n') == 'filter(b1,c1="ab")'
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "em", "em_lenient", "em_raw"),
+    [
+        ('FILTER(B1,C1="x")', 'FILTER(B1,C1="x")', 1, 1, 1),
+        ('filter(b1,c1="x")', 'FILTER(B1,C1="x")', 1, 1, 0),  # lower-casing outside quotes
+        ('FILTER(B1,C1="X")', 'FILTER(B1,C1="x")', 0, 1, 0),  # case inside quotes matters
+        ('FILTER(B1,C1="a  b")', 'FILTER(B1,C1="a b")', 0, 1, 0),  # spaces inside quotes matter
+        ('SUMIFS(E1,  C1,\n"x")', 'SUMIFS(E1, C1, "x")', 1, 1, 0),  # whitespace runs collapse
+        ("SUMIFS(E1, C1)", "SUMIFS(E1,C1)", 0, 1, 0),  # a space is not no space
+        ("  ROWS(A1) ", "ROWS(A1)", 1, 1, 1),  # ends stripped
+        ("ROWS(B1)", "ROWS(A1)", 0, 0, 0),
+    ],
+)
+def test_exact_match_cases(prediction, reference, em, em_lenient, em_raw):
+    row = exact_match([_inst(0, reference)], {"x0": prediction}).per_instance[0]
+    assert (row["em"], row["em_lenient"], row["em_raw"]) == (em, em_lenient, em_raw)
+
+
+def test_exact_match_scores_and_signature():
     insts = [_inst(0, 'FILTER(B1,C1="x")'), _inst(1, "SUM(D1)"), _inst(2, "ROWS(A1)")]
-    preds = {"x0": 'filter(b1, c1="X")', "x1": "SUM(D1)", "x2": "ROWS(B1)"}
+    preds = {"x0": 'filter(b1,c1="X")', "x1": "sum(d1)", "x2": "ROWS(B1)"}
     score = exact_match(insts, preds)
-    assert score.primary == "em" and score.value == pytest.approx(200 / 3)
-    assert score.metrics["em_raw"] == pytest.approx(100 / 3)
+    assert score.primary == "em" and set(score.metrics) == {"em", "em_lenient", "em_raw"}
+    assert score.value == pytest.approx(100 / 3)
+    assert score.metrics["em_lenient"] == pytest.approx(200 / 3) and score.metrics["em_raw"] == 0.0
     assert score.per_instance[0] == {
-        "id": "x0", "prediction": 'filter(b1, c1="X")', "reference": 'FILTER(B1,C1="x")', "em": 1.0, "em_raw": 0.0
+        "id": "x0", "prediction": 'filter(b1,c1="X")', "reference": 'FILTER(B1,C1="x")',
+        "em": 0.0, "em_lenient": 1.0, "em_raw": 0.0,
     }  # fmt: skip
+    assert score.signature == metric.SIGNATURE and "nl2formula" in score.signature and "v2" in score.signature
+    assert metric.METRIC_VERSION == "2" and NL2FTask.metric_version == metric.METRIC_VERSION
     with pytest.raises(ValueError, match="'x2'"):
         exact_match(insts, {"x0": "", "x1": ""})
 
@@ -806,7 +841,7 @@ def test_oracle_scores_100_and_extract_round_trips(built):
     oracle = {i.id: task.extract(task.format_answer(i.reference)) for i in insts}
     assert all(oracle[i.id] == i.reference for i in insts)
     score = task.score(insts, oracle)
-    assert score.metrics == {"em": 100.0, "em_raw": 100.0}
+    assert score.metrics == {"em": 100.0, "em_lenient": 100.0, "em_raw": 100.0}
 
 
 def test_extract_round_trip_on_fixture_references():
@@ -840,7 +875,69 @@ def test_extract_degenerate_output():
 
 
 def test_template_renders_with_documents():
-    template = NL2FTask().template()
-    assert "expert in Microsoft Excel formulas" in template.instruction
+    template = NL2FTask().template()  # the paper variant (Figure 6)
+    assert template.instruction.startswith("You are a data analyst.")
+    assert "[NL]" in template.instruction and "[TABLE]" in template.instruction
     assert template.documents.startswith("Here is the API documents of Excel functions that may help you:")
-    assert template.documents.count("<API Doc ") == len(spider.FUNCTIONS)
+    names = [e["name"] for e in load_documents(NL2FTask().directory / "documents-paper.yaml")]
+    assert names == ["HSTACK", "FILTER", "ROWS", "SORTBY", "TAKE", "UNIQUE", "COUNTIFS"]
+    assert template.documents.count("<API Doc ") == len(names) and set(names) <= set(spider.FUNCTIONS)
+    extended = NL2FTask(template="extended").template()
+    assert "expert in Microsoft Excel formulas" in extended.instruction
+    assert extended.documents.count("<API Doc ") == len(spider.FUNCTIONS)
+    with pytest.raises(ValueError, match="unknown template variant"):
+        NL2FTask(template="long")
+
+
+# =====================================================================================================
+# Table rows shown and shrinking a query.
+# =====================================================================================================
+def test_default_table_rows():
+    assert DEFAULT_TABLE_ROWS == 5 and NL2FTask().table_rows == 5
+    assert NL2FTask(table_rows=3).table_rows == 3 and NL2FTask(table_rows=None).table_rows is None
+
+
+def _release_task(release, monkeypatch, **options):
+    monkeypatch.setenv(nl2formula.ENV_VAR, str(release))
+    return NL2FTask(source="nl2formula", **options)
+
+
+def test_shrink_drops_one_row_at_a_time(tmp_path, monkeypatch):
+    rows = [[str(i + 2), f"r{i}", str(10 * i)] for i in range(4)]
+    table = {**_table(), "Table": [["", "A", "B"], ["1", "Region", "Amount"], *rows]}
+    for name in ("train.json", "valid.json", "test.json"):
+        (tmp_path / name).write_text(json.dumps([table]), encoding="utf-8")
+    task = _release_task(tmp_path, monkeypatch, table_rows=3)
+    inst = task.load("test")[0]
+    assert inst.meta["table_rows_shown"] == 3 and "first 3 shown" in inst.query
+    assert isinstance(inst.meta["grid"], GridRef) and "4 data rows" in repr(inst.meta["grid"])
+    seen = [inst]
+    while (smaller := task.shrink(seen[-1])) is not None:
+        seen.append(smaller)
+    assert [s.meta["table_rows_shown"] for s in seen] == [3, 2, 1, 0]
+    assert all(len(a.query) > len(b.query) for a, b in zip(seen, seen[1:], strict=False))
+    for s in seen:
+        assert (s.id, s.reference, s.split) == (inst.id, inst.reference, inst.split)
+        assert s.meta["n_rows"] == 4 and s.meta["question"] == inst.meta["question"]
+        shown = s.meta["table_rows_shown"]
+        # the same text a task configured with that many rows renders
+        assert s.query == _release_task(tmp_path, monkeypatch, table_rows=shown).load("test")[0].query
+    assert "| 2 | r0 | 0 |" in seen[1].query and "| 3 |" not in seen[-1].query
+    assert seen[-1].query.count("\n|") == 2 and "4 data rows in rows 2-5, first 0 shown" in seen[-1].query
+    assert task.shrink(seen[-1]) is None
+    # a table shown in full shrinks too; an instance without the grid cannot
+    full = _release_task(tmp_path, monkeypatch, table_rows=None).load("test")[0]
+    assert full.meta["table_rows_shown"] == 4 and task.shrink(full).meta["table_rows_shown"] == 3
+    assert task.shrink(_inst(0, "ROWS(A1)")) is None
+
+
+@needs_spider
+def test_shrink_on_nl2f_spider(built):
+    task = NL2FTask()
+    inst = max(task.load("test"), key=lambda i: i.meta["n_rows"])
+    assert inst.meta["table_rows_shown"] == min(inst.meta["n_rows"], DEFAULT_TABLE_ROWS)
+    smaller = task.shrink(inst)
+    assert smaller.meta["table_rows_shown"] == inst.meta["table_rows_shown"] - 1
+    fewer = {i.id: i for i in NL2FTask(table_rows=DEFAULT_TABLE_ROWS - 1).load("test")}
+    assert smaller.query == fewer[inst.id].query
+    assert (smaller.id, smaller.reference) == (inst.id, inst.reference)

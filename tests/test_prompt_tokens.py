@@ -14,8 +14,11 @@ def mbpp():
 
 def test_parts_are_kept_separate_and_droppable(mbpp):
     test, train = mbpp.load("test")[0], mbpp.load("train")[:2]
-    full = build_prompt(mbpp, test, mbpp.template(), train)
+    paper = build_prompt(mbpp, test, mbpp.template(), train)
+    assert paper.instruction and paper.documents == "" and paper.template == paper.instruction  # Figure 5
+    full = build_prompt(mbpp, test, get_task("mbpp", template="extended").template(), train)
     assert full.instruction and full.documents and len(full.examples) == 2
+    assert full.template == f"{full.instruction}\n\n{full.documents}"
     assert full.examples[0].startswith("## Example 1\n") and full.examples[1].startswith("## Example 2\n")
     assert full.user.startswith(EXAMPLES_HEADER) and full.user.endswith(test.query)
     query_only = full.with_template(None)

@@ -3,6 +3,9 @@
 Two sources: ``spider`` (default) builds NL2F-Spider from the Spider dev set (:mod:`.spider`);
 ``nl2formula`` reads the official NL2Formula release (:mod:`.nl2formula`) from ``path`` or
 ``$PROMPTINTERN_NL2FORMULA``.  The metric is NL2Formula's exact match (:mod:`.metric`).
+
+A query shows the first ``table_rows`` data rows of its table (default :data:`.table.DEFAULT_TABLE_ROWS`);
+:meth:`NL2FTask.shrink` re-renders a query with one row fewer, for prompts that do not fit the context.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from promptintern.tasks.base import Instance, Task, TaskScore
 from promptintern.tasks.nl2f import metric, nl2formula, spider
-from promptintern.tasks.nl2f.table import DEFAULT_TABLE_ROWS, data_rows, render_query
+from promptintern.tasks.nl2f.table import DEFAULT_TABLE_ROWS, GridRef, data_rows, render_query, rows_shown
 
 SOURCES = ("spider", "nl2formula")
 
@@ -99,6 +103,7 @@ class NL2FTask(Task):
     primary_metric = "em"
     max_new_tokens = 128
     paper_shots = (10, 5, 0)
+    metric_version = metric.METRIC_VERSION
 
     def __init__(
         self,
@@ -106,7 +111,9 @@ class NL2FTask(Task):
         path: str | os.PathLike | None = None,
         table_rows: int | None = DEFAULT_TABLE_ROWS,
         seed: int = spider.SEED,
+        template: str = "paper",
     ):
+        super().__init__(template=template)
         if source not in SOURCES:
             raise ValueError(f"unknown NL2F source {source!r}; choose from {', '.join(SOURCES)}")
         if table_rows is not None and (not isinstance(table_rows, int) or table_rows < 0):
@@ -133,6 +140,7 @@ class NL2FTask(Task):
             if r["split"] != split:
                 continue
             grid = tables[f"{r['db_id']}/{r['table']}"]
+            shown = rows_shown(grid, self.table_rows)
             meta = {
                 "source": "spider",
                 "db_id": r["db_id"],
@@ -142,17 +150,19 @@ class NL2FTask(Task):
                 "dev_index": r["dev_index"],
                 "group": r["group"],
                 "n_rows": data_rows(grid),
+                **self._shrink_meta(r["question"], grid, shown),
             }
             out.append(
                 Instance(
-                    r["id"],
-                    split,
-                    render_query(r["question"], grid, self.table_rows, r["table"]),
-                    r["formula"],
-                    meta,
+                    r["id"], split, render_query(r["question"], grid, shown, r["table"]), r["formula"], meta
                 )
             )
         return out
+
+    @staticmethod
+    def _shrink_meta(question: str, grid: list[list[str]], shown: int) -> dict[str, Any]:
+        """What :meth:`shrink` needs: the question, the grid (by reference) and the data rows shown."""
+        return {"question": question, "grid": GridRef(grid), "table_rows_shown": shown}
 
     def _from_record(self, r: nl2formula.Record, split: str) -> Instance:
         meta = {
@@ -162,8 +172,20 @@ class NL2FTask(Task):
             "level": r.level,
             "n_rows": data_rows(r.grid),
         }
-        query = render_query(r.question, r.grid, self.table_rows, r.table_name)
+        shown = rows_shown(r.grid, self.table_rows)
+        meta |= self._shrink_meta(r.question, r.grid, shown)
+        query = render_query(r.question, r.grid, shown, r.table_name)
         return Instance(r.id, split, query, r.formula, meta)
+
+    def shrink(self, instance: Instance) -> Instance | None:
+        """``instance`` with its table re-serialised showing one data row fewer (id, reference and the other
+        fields unchanged), or None when it shows no data row (or was not loaded by an NL2F task)."""
+        meta = instance.meta
+        shown, ref = meta.get("table_rows_shown"), meta.get("grid")
+        if not isinstance(shown, int) or shown <= 0 or not isinstance(ref, GridRef) or "question" not in meta:
+            return None
+        query = render_query(meta["question"], ref.grid, shown - 1, meta.get("table") or "")
+        return replace(instance, query=query, meta={**meta, "table_rows_shown": shown - 1})
 
     # -- evaluation -------------------------------------------------------------------------------
     def extract(self, output: str) -> str:

@@ -1,23 +1,50 @@
-"""NL2Formula exact match: formulas compared after lower-casing and removing all whitespace."""
+"""NL2Formula exact match.
+
+``em`` (primary) follows NL2Formula's own normalisation: outside double-quoted string literals the formula is
+lower-cased and every run of whitespace becomes one space; inside ``"..."`` the text is kept exactly (case and
+spaces matter there, and Excel's doubled quote ``""`` stays inside the literal); the ends are stripped; then
+the two strings must be equal.  ``em_lenient`` is the suite's earlier, more forgiving form (lower case
+everywhere, no whitespace anywhere) and ``em_raw`` compares after trimming the ends only.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 from promptintern.tasks.base import Instance, TaskScore
 
-SIGNATURE = "nl2f-em|norm=lower+strip-all-whitespace|raw=strip"
+#: Bumped whenever a score could change (a cache key can include it; see ``Task.metric_version``).
+#: 1: lower case + all whitespace removed.  2: NL2Formula's normalisation (this module's ``normalise``).
+METRIC_VERSION = "2"
+SIGNATURE = (
+    "nl2f-em|v2|norm=nl2formula(lower-outside-quotes+collapse-whitespace-outside-quotes+strip)"
+    "|lenient=lower+strip-all-whitespace|raw=strip"
+)
+METRICS = ("em", "em_lenient", "em_raw")
+
+#: A double-quoted literal (``""`` inside is an escaped quote); an unterminated one runs to the end.
+_LITERAL = re.compile(r'("(?:[^"]|"")*(?:"|$))')
+_SPACE = re.compile(r"\s+")
 
 
 def normalise(formula: str) -> str:
-    """NL2Formula's comparison form: lower case, no whitespace anywhere."""
+    """NL2Formula's comparison form: lower case and single spaces outside string literals, ends stripped."""
+    parts = _LITERAL.split(formula.strip())
+    # re.split with one group alternates: outside, literal, outside, literal, ..., outside
+    out = [part if i % 2 else _SPACE.sub(" ", part.lower()) for i, part in enumerate(parts)]
+    return "".join(out).strip()
+
+
+def normalise_lenient(formula: str) -> str:
+    """The lenient form: lower case everywhere, no whitespace anywhere (metric version 1's ``em``)."""
     return "".join(formula.lower().split())
 
 
 def exact_match(
     instances: Sequence[Instance], predictions: Mapping[str, str], task: str = "nl2f"
 ) -> TaskScore:
-    """``em`` (normalised) and ``em_raw`` (exact after trimming the ends), both 0-100."""
+    """``em`` (NL2Formula normalisation), ``em_lenient`` and ``em_raw`` (trimmed ends only), all 0-100."""
     rows = []
     for inst in instances:
         if inst.id not in predictions:
@@ -29,9 +56,10 @@ def exact_match(
                 "prediction": pred,
                 "reference": inst.reference,
                 "em": float(normalise(pred) == normalise(inst.reference)),
+                "em_lenient": float(normalise_lenient(pred) == normalise_lenient(inst.reference)),
                 "em_raw": float(pred.strip() == inst.reference.strip()),
             }
         )
     n = len(rows)
-    metrics = {key: (100.0 * sum(r[key] for r in rows) / n if n else 0.0) for key in ("em", "em_raw")}
+    metrics = {key: (100.0 * sum(r[key] for r in rows) / n if n else 0.0) for key in METRICS}
     return TaskScore(task=task, metrics=metrics, per_instance=rows, primary="em", signature=SIGNATURE)

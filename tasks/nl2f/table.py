@@ -14,8 +14,9 @@ from typing import Any
 
 #: Longest cell text shown in a prompt; longer cells are cut and end in "...".
 CELL_CHARS = 60
-#: Data rows shown in a prompt by default.
-DEFAULT_TABLE_ROWS = 10
+#: Data rows shown in a prompt by default: 5 puts the suite's cl100k token counts next to the paper's (query
+#: only 286, template only 680, template + 10 shots 3,540 tokens; Table 3); see README.md, "Prompt".
+DEFAULT_TABLE_ROWS = 5
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
@@ -90,6 +91,30 @@ def data_rows(grid: Sequence[Sequence[str]]) -> int:
     return max(len(grid) - 2, 0)
 
 
+def rows_shown(grid: Sequence[Sequence[Any]], max_rows: int | None) -> int:
+    """How many data rows a query shows: all of them, or the first ``max_rows``."""
+    n = data_rows(grid)
+    return n if max_rows is None else min(n, max_rows)
+
+
+class GridRef:
+    """A grid held by reference (never copied) in ``Instance.meta``, with a short repr; equal by content."""
+
+    __slots__ = ("grid",)
+
+    def __init__(self, grid: Sequence[Sequence[Any]]):
+        self.grid = grid
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GridRef) and (other.grid is self.grid or other.grid == self.grid)
+
+    __hash__ = None  # mutable content
+
+    def __repr__(self) -> str:
+        width = len(self.grid[0]) - 1 if self.grid else 0
+        return f"GridRef({data_rows(self.grid)} data rows x {width} columns)"
+
+
 def _shown(cell: Any) -> str:
     text = " ".join(cell_text(cell).split()).replace("|", "/")
     return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 3] + "..."
@@ -106,7 +131,7 @@ def serialise_grid(
     if max_rows is not None and max_rows < 0:
         raise ValueError(f"max_rows must be >= 0 or None, got {max_rows}")
     n = data_rows(grid)
-    shown = n if max_rows is None else min(n, max_rows)
+    shown = rows_shown(grid, max_rows)
     caption = f"{name}: " if name else ""
     caption += f"{n} data row{'s' if n != 1 else ''}"
     if n:
