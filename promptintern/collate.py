@@ -42,7 +42,8 @@ def encode(tokenizer, prompt_text: str, answer: str, *, eot: str, max_length: in
     """Tokenise ``prompt_text`` (already rendered) then ``answer + eot``; labels are -100 on the prompt.
 
     The two parts are tokenised separately, as at inference the answer is generated after the prompt's
-    tokens. Over-long inputs lose prompt tokens from the left; the answer is never cut.
+    tokens. Nothing is ever cut: prompts are fitted to the context when they are built
+    (:func:`promptintern.stages.fit_prompt`), so an input over ``max_length`` here raises ``ValueError``.
     """
     prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
@@ -52,7 +53,12 @@ def encode(tokenizer, prompt_text: str, answer: str, *, eot: str, max_length: in
         raise ValueError(
             f"answer of {len(answer_ids)} tokens leaves no room for the prompt (max_length={max_length})"
         )
-    kept = prompt[-room:] if len(prompt) > room else prompt
+    if len(prompt) > room:
+        raise ValueError(
+            f"prompt of {len(prompt)} tokens + answer of {len(answer_ids)} exceed max_length={max_length}; "
+            "build prompts with promptintern.stages.fit_prompt so they fit the context"
+        )
+    kept = prompt
     return Encoded(
         input_ids=kept + answer_ids,
         labels=[IGNORE_INDEX] * len(kept) + answer_ids,

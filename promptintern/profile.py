@@ -8,7 +8,7 @@ name the file and the field path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -43,6 +43,10 @@ class MethodSpec(_Strict):
     instruction_compressor: CompressorSpec = CompressorSpec()
     document_compressor: CompressorSpec | None = None
     retrieval_fraction: float = 1.0
+    #: What Eq. 3 scores when TRAINING instances retrieve their examples: ``answer`` = BLEU between gold
+    #: outputs s(y_i, y_j) (the paper), ``query`` = BLEU between queries. Test-time prompts have no gold
+    #: output and always retrieve by query.
+    retrieval_key: Literal["answer", "query"] = "answer"
 
 
 class GistSpec(_Strict):
@@ -96,6 +100,8 @@ class TaskSpec(_Strict):
     train_limit: int | None = None
     test_limit: int | None = None
     shots: int | None = None
+    #: Keyword arguments of the task's constructor (e.g. ``{table_rows: 5}`` for NL2F).
+    options: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     generation: dict[str, Any] = Field(default_factory=dict)
 
@@ -105,6 +111,9 @@ class Profile(_Strict):
     description: str = ""
     model: str = "embedded"
     seed: int = 0
+    #: Prompt template variant of every task: ``paper`` (sized like the paper's prompts) or ``extended``
+    #: (the long API-document templates, to measure the effect of template length).
+    template: Literal["paper", "extended"] = "paper"
     method: MethodSpec = MethodSpec()
     baselines: BaselineSpec = BaselineSpec()
     train: TrainSpec = TrainSpec()

@@ -4,9 +4,12 @@ The table specs (:mod:`promptintern.tables`) list (task, method, variant) cells;
 overrides (:func:`apply_overrides`). Each distinct experiment runs once however many tables show it (the
 run directory is keyed by the settings hash, so rows shared between tables are one cached run, and a killed
 reproduce resumes where it stopped). Per row: ``exp.unavailable()`` -> status ``not run`` with the reason;
-an exception -> ``failed`` with the error, and the run goes on. τ_all divides a row's mean input tokens by
-those of the full prompt (template + k shots, ``zero-shot-full``) counted with the model's tokenizer on the
-same test instances. Cost per instance uses :mod:`promptintern.cost`.
+an exception -> ``failed`` with the error, and the run goes on. As in the paper, τ_all divides a row's mean
+input tokens by those of the TEMPLATE-ONLY prompt (``ft-template``'s prompt) and the × column is its
+inverse; ``tau_full`` divides by the full prompt (template + k shots, ``zero-shot-full``). Both references
+are counted with the model's tokenizer on the same test instances. Cost per instance uses
+:mod:`promptintern.cost`: the model's own price, and the fine-tuned gpt-3.5-turbo / gpt-4 prices on the
+cl100k counts of the actual inputs and outputs (how the paper's API rows were billed).
 
 Per-profile sizing (``benchmarks/tables/reproduce.yaml``) restricts tasks, shrinks subsets and skips rows
 so the ``cpu`` profile fits its time budget; skipped cells are recorded as ``not run`` with the reason,
@@ -42,6 +45,9 @@ from promptintern.tables import SPEC_DIR, RowSpec, SpecError, TableSpec, load_sp
 
 SIZING_FILE = SPEC_DIR / "reproduce.yaml"
 FULL_PROMPT = "zero-shot-full"
+TEMPLATE_ONLY = "ft-template"
+#: Price-file lines of the paper's fine-tuned API models, used for the cost columns of every row.
+FT_GPT35, FT_GPT4 = "ft:gpt-3.5-turbo", "ft:gpt-4"
 
 
 # -- profile overrides ----------------------------------------------------------------------------------
@@ -212,34 +218,37 @@ def _output_tokens_mean(directory: Path) -> float | None:
     return sum(counts) / len(counts) if counts else None
 
 
-class _FullTokens:
-    """Mean input tokens of the full prompt (template + k shots) per task, counted once."""
+class ReferenceTokens:
+    """Mean input tokens of a reference prompt (``method``'s inference prompt) per task, counted once."""
 
-    def __init__(self, base: Profile, model: str | None) -> None:
-        self.base, self.model, self.cache = base, model, {}
+    def __init__(self, base: Profile, model: str | None, method: str) -> None:
+        self.base, self.model, self.method, self.cache = base, model, method, {}
 
     def __call__(self, task: str) -> float | None:
         if task not in self.cache:
             from promptintern.run import Experiment
-            from promptintern.tokens import counter_for
 
             try:
-                exp = Experiment(task, FULL_PROMPT, self.base, self.model)
-                counter = counter_for(exp.model)
+                exp = Experiment(task, self.method, self.base, self.model)
                 prompts = exp.inference_prompts()
-                self.cache[task] = sum(counter.count_prompt(p) for p in prompts) / len(prompts)
-            except Exception as exc:  # noqa: BLE001 - τ_all is then left empty, the rows still record
+                self.cache[task] = sum(exp.token_counter.count_prompt(p) for p in prompts) / len(prompts)
+            except Exception as exc:  # noqa: BLE001 - the ratios are then left empty, the rows still record
                 why = f"{type(exc).__name__}: {exc}"
-                print(f"τ_all reference for {task} unavailable: {why}", file=sys.stderr)
+                print(f"{self.method} token reference for {task} unavailable: {why}", file=sys.stderr)
                 self.cache[task] = None
         return self.cache[task]
 
 
-def tau_all(input_tokens: float | None, full_tokens: float | None) -> float | None:
-    """Input tokens of a configuration / input tokens of the full prompt (None if either is unknown)."""
-    if input_tokens is None or not full_tokens:
+def ratio(input_tokens: float | None, reference_tokens: float | None) -> float | None:
+    """Input tokens of a configuration / input tokens of a reference prompt (None if either is unknown)."""
+    if input_tokens is None or not reference_tokens:
         return None
-    return input_tokens / full_tokens
+    return input_tokens / reference_tokens
+
+
+def tau_all(input_tokens: float | None, template_tokens: float | None) -> float | None:
+    """The paper's τ_all: input tokens / input tokens of the template-only prompt."""
+    return ratio(input_tokens, template_tokens)
 
 
 def compute_seconds(result: dict[str, Any] | None, wall: float) -> float:
@@ -296,12 +305,20 @@ def _row(
     )
 
 
-def _result_fields(job: Job, result: dict[str, Any], full: float | None, prices: Prices) -> dict[str, Any]:
+def _result_fields(
+    job: Job, result: dict[str, Any], full: float | None, template: float | None, prices: Prices
+) -> dict[str, Any]:
     exp = job.experiment
     lo, hi = result.get("ci95") or (None, None)
     tmpl = result.get("template") or {}
     out_tokens = _output_tokens_mean(exp.directory)
     tokens = result.get("input_tokens_mean")
+    billed_in, billed_out = result.get("input_tokens_cl100k_mean"), result.get("output_tokens_cl100k_mean")
+    compression = ratio(template, tokens)
+
+    def billed(line: str) -> float | None:
+        return None if billed_in is None else prices.cost(line, billed_in, billed_out or 0.0)
+
     return {
         "metric": result.get("primary"),
         "value": result.get("value"),
@@ -311,12 +328,19 @@ def _result_fields(job: Job, result: dict[str, Any], full: float | None, prices:
         "input_tokens_mean": tokens,
         "output_tokens_mean": out_tokens,
         "full_tokens_mean": full,
-        "tau_all": tau_all(tokens, full),
+        "template_tokens_mean": template,
+        "tau_all": tau_all(tokens, template),
+        "compression_x": compression,
+        "tau_full": ratio(tokens, full),
         "rate_requested": tmpl.get("rate_requested"),
         "rate_achieved": tmpl.get("rate_achieved"),
         "shots": tmpl.get("shots"),
         "latency_s_mean": result.get("latency_s_mean"),
         "cost_usd_per_instance": prices.cost(exp.model, tokens or 0.0, out_tokens or 0.0),
+        "input_tokens_cl100k_mean": billed_in,
+        "output_tokens_cl100k_mean": billed_out,
+        "cost_ft_gpt35_usd_per_instance": billed(FT_GPT35),
+        "cost_ft_gpt4_usd_per_instance": billed(FT_GPT4),
         "settings_key": result.get("settings_key", exp.key),
     }
 
@@ -374,7 +398,8 @@ def reproduce(
                     provenance=prov,
                 )
             )
-        full_tokens = _FullTokens(base, model)
+        full_tokens = ReferenceTokens(base, model, FULL_PROMPT)
+        template_tokens = ReferenceTokens(base, model, TEMPLATE_ONLY)
         log = []
         for i, job in enumerate(work.jobs, 1):
             _say(f"{i}/{len(work.jobs)} {job.name}: start", progress)
@@ -384,7 +409,9 @@ def reproduce(
             compute = compute_seconds(result, wall)
             fields: dict[str, Any] = {}
             if result is not None:
-                fields = _result_fields(job, result, full_tokens(job.task), price_list)
+                fields = _result_fields(
+                    job, result, full_tokens(job.task), template_tokens(job.task), price_list
+                )
             exp = job.experiment
             prov = collect(
                 seed=base.seed,

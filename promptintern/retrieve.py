@@ -1,7 +1,12 @@
-"""Top-k few-shot examples per instance by sentence BLEU between queries (Algorithm 1's example selection).
+"""Top-k few-shot examples per instance by sentence BLEU (Algorithm 1's example selection, Eq. 3).
 
-Score of bank entry ``b`` for instance ``x``: ``sacrebleu.sentence_bleu(x.query, [b.query]).score`` with
-sacrebleu's defaults -- the instance's query is the **hypothesis**, the bank query the **reference**; 13a
+``field`` says which text is scored. The paper's Eq. 3 scores GOLD OUTPUTS, s(y_i, y_j): that is
+``field="answer"`` (the instance's reference against each bank entry's reference), used for training
+instances. A test instance has no gold output, so test-time prompts use ``field="query"``.
+
+Score of bank entry ``b`` for instance ``x`` (``text`` = query or reference):
+``sacrebleu.sentence_bleu(text(x), [text(b)]).score`` with sacrebleu's defaults -- the instance's text is
+the **hypothesis**, the bank entry's the **reference**; 13a
 tokenizer, case-sensitive, max order 4, ``exp`` smoothing (NIST / Chen & Cherry method 3), effective order.
 Ranking: score descending, ties (including all zero scores) in bank order. The instance itself is never
 returned; it is excluded **by id only**, so a different bank entry with an identical query stays eligible.
@@ -17,7 +22,6 @@ so ties are real ties). Entries sharing no unigram with the query score 0.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -30,10 +34,12 @@ from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 from tqdm import tqdm
 
 from promptintern.io import write_json
+from promptintern.keys import content_key
 from promptintern.paths import cache_dir
 from promptintern.tasks.base import Instance
 
-VERSION = 1
+VERSION = 2
+FIELDS = ("query", "answer")
 MAX_ORDER = 4
 BLOCK = 256  # hypotheses scored together
 DENSE_DIVISOR, DENSE_MIN_DF = 32, 32  # n-grams in >= max(MIN_DF, bank / DIVISOR) entries go dense
@@ -161,14 +167,24 @@ class _OrderIndex:
         return np.rint(out).astype(np.int32)
 
 
+def text_of(instance: Instance, field: str) -> str:
+    """The text Eq. 3 scores: the query, or the gold output (``answer``)."""
+    return instance.reference if field == "answer" else instance.query
+
+
 class ExampleRetriever:
-    """Ranks a bank of (training) instances by sentence BLEU of their queries against an instance's query.
+    """Ranks a bank of (training) instances by sentence BLEU of their ``field`` text against an instance's.
 
     ``fraction`` keeps a seeded random ``round_half_up(fraction * len(bank))`` entries (at least one), in
     bank order; with one seed the 25 % bank is a subset of the 50 % bank, which is a subset of the full one.
     """
 
-    def __init__(self, bank: Sequence[Instance], *, fraction: float = 1.0, seed: int = 0):
+    def __init__(
+        self, bank: Sequence[Instance], *, fraction: float = 1.0, seed: int = 0, field: str = "query"
+    ):
+        if field not in FIELDS:
+            raise ValueError(f"retrieval field must be one of {', '.join(FIELDS)}, got {field!r}")
+        self.field = field
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         if not bank:
@@ -188,7 +204,7 @@ class ExampleRetriever:
     # -- scoring ----------------------------------------------------------------------------------
     def _build(self) -> list[_OrderIndex]:
         if self._index is None:
-            toks = [tokenize(ex.query) for ex in self.bank]
+            toks = [tokenize(text_of(ex, self.field)) for ex in self.bank]
             self._ref_len = np.array([len(t) for t in toks], dtype=np.int64)
             dense_df = max(DENSE_MIN_DF, len(self.bank) // DENSE_DIVISOR)
             self._index = [
@@ -212,7 +228,7 @@ class ExampleRetriever:
     def _rank(self, instances: Sequence[Instance], k: int) -> list[list[int]]:
         """Bank positions of the top ``k`` for each instance (``k`` >= 1)."""
         size = len(self.bank)
-        toks = [tokenize(x.query) for x in instances]
+        toks = [tokenize(text_of(x, self.field)) for x in instances]
         hyp_len, correct = self._statistics(toks)
         approx = _approx_bleu(hyp_len, self._ref_len, correct)
         out = []
@@ -239,8 +255,8 @@ class ExampleRetriever:
         return out
 
     def scores(self, instance: Instance) -> list[float]:
-        """Exact sentence BLEU of ``instance.query`` against every bank query, in bank order (self included)."""
-        hyp_len, correct = self._statistics([tokenize(instance.query)])
+        """Exact sentence BLEU of the instance's text against every bank entry's, in bank order (self included)."""
+        hyp_len, correct = self._statistics([tokenize(text_of(instance, self.field))])
         return [
             self._exact(int(hyp_len[0]), int(r), c)
             for r, c in zip(self._ref_len.tolist(), correct[0].T.tolist(), strict=True)
@@ -254,15 +270,12 @@ class ExampleRetriever:
 
     # -- batch + cache ----------------------------------------------------------------------------
     def cache_key(self, instances: Sequence[Instance], k: int) -> str:
-        h = hashlib.sha256()
-        header = {"v": VERSION, "sacrebleu": sacrebleu.__version__, "k": k}
+        def texts(items):
+            return [[ex.id, text_of(ex, self.field)] for ex in items]
+
+        header = {"v": VERSION, "sacrebleu": sacrebleu.__version__, "k": k, "field": self.field}
         header |= {"fraction": self.fraction, "seed": self.seed}
-        h.update(json.dumps(header, sort_keys=True).encode())
-        for section, items in (("bank", self.full_bank), ("instances", instances)):
-            h.update(f"\0{section}\0".encode())
-            for ex in items:
-                h.update(json.dumps([ex.id, ex.query]).encode())
-        return h.hexdigest()
+        return content_key("retrieval", {**header, "bank": texts(self.full_bank), "instances": texts(instances)})
 
     def retrieve_all(
         self, instances: Sequence[Instance], k: int, *, use_cache: bool = True, progress: bool | None = None
@@ -294,7 +307,7 @@ class ExampleRetriever:
                     result[x.id] = [self.bank[j].id for j in top]
                 bar.update(len(chunk))
         if use_cache:
-            meta = {"key": key, "k": k, "fraction": self.fraction, "seed": self.seed}
+            meta = {"key": key, "k": k, "field": self.field, "fraction": self.fraction, "seed": self.seed}
             write_json(path, {**meta, "examples": result}, indent=None)
         return result
 
@@ -306,9 +319,11 @@ def retrieve_all(
     *,
     fraction: float = 1.0,
     seed: int = 0,
+    field: str = "query",
     use_cache: bool = True,
     progress: bool | None = None,
 ) -> dict[str, list[str]]:
     """Top-k example ids for every instance from ``bank`` (default: the instances themselves)."""
-    retriever = ExampleRetriever(list(instances if bank is None else bank), fraction=fraction, seed=seed)
+    bank = list(instances if bank is None else bank)
+    retriever = ExampleRetriever(bank, fraction=fraction, seed=seed, field=field)
     return retriever.retrieve_all(instances, k, use_cache=use_cache, progress=progress)

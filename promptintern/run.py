@@ -17,7 +17,6 @@ and achieved, input tokens, latency and timings next to the metric.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from promptintern import __version__
+from promptintern import __version__, keys
 from promptintern.baselines import (
     COMPRESSION_BASELINES,
     DIRECT_FT,
@@ -39,7 +38,15 @@ from promptintern.io import atomic_write_text, write_json
 from promptintern.paths import home
 from promptintern.profile import Profile, TrainSpec
 from promptintern.schedule import Schedule, example_counts
-from promptintern.stages import StagePlan, build_stage_datasets, example_map, plan_stages, stage_prompt
+from promptintern.stages import (
+    ContextBudget,
+    FitStats,
+    StagePlan,
+    build_stage_datasets,
+    example_map,
+    plan_stages,
+    stage_prompt,
+)
 from promptintern.tasks import Instance, Task, Template, get_task
 
 METHODS = ("promptintern", *ZERO_SHOT, *DIRECT_FT, *COMPRESSION_BASELINES, GIST)
@@ -66,7 +73,8 @@ class Experiment:
     # -- data and plan ----------------------------------------------------------------------------
     @cached_property
     def task(self) -> Task:
-        return get_task(self.task_name)
+        options = self.profile.task(self.task_name).options
+        return get_task(self.task_name, template=self.profile.template, **options)
 
     @cached_property
     def bank(self) -> list[Instance]:
@@ -184,27 +192,37 @@ class Experiment:
 
     # -- identity ---------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
+        """Everything that changes this experiment's result, by content (see :mod:`promptintern.keys`)."""
         tmpl, egs = self.schedules()
         p = self.profile
-        extra: dict[str, Any] = {}  # only for baselines, so the keys of earlier runs stay valid
+        extra: dict[str, Any] = {}
         if self.baseline:
             extra["baseline"] = {"compressor": self.baseline.compressor, "options": self.compressor_options()}
         elif self.method == GIST:
             extra["gist"] = p.baselines.gist.model_dump()
         return extra | {
             "version": __version__,
+            "method_version": keys.method_version(self.method),
+            "pipeline_version": keys.method_version("pipeline"),
             "task": self.task_name,
+            "task_options": p.task(self.task_name).options,
+            "template_variant": p.template,
+            "template": keys.template_identity(self.task.template()),
+            "metric_version": self.task.metric_version,
             "method": self.method,
             "model": self.model,
+            "model_identity": keys.model_identity(self.model),
             "seed": p.seed,
             "template_schedule": tmpl.to_dict(),
             "example_schedule": egs.to_dict(),
             "compressor": p.method.model_dump(include={"instruction_compressor", "document_compressor"}),
             "retrieval_fraction": p.method.retrieval_fraction,
+            "retrieval_key": p.method.retrieval_key if self.trains else None,
             "train": self._effective_train() if self.trains else None,
             "generation": self._generation_settings(),
-            "train_ids": [i.id for i in self.train_set] if self.trains else None,
-            "test_ids": [i.id for i in self.test_set],
+            "train_instances": keys.instances_digest(self.train_set) if self.trains else None,
+            "test_instances": keys.instances_digest(self.test_set),
+            "bank_instances": keys.instances_digest(self.bank),
         }
 
     @property
@@ -213,15 +231,16 @@ class Experiment:
         return self.trains and self.method != GIST and self.profile.generation_for(self.task_name).merge_adapter
 
     def _generation_settings(self) -> dict[str, Any]:
-        # merge_adapter enters the key only where it applies and is on, so the keys of runs without a
-        # merged adapter (untrained methods, Gist, and every run made before the option existed) stay valid
         gen = self.profile.generation_for(self.task_name).model_dump(exclude={"merge_adapter"})
-        return gen | ({"merge_adapter": True} if self.merges_adapter else {})
+        return gen | {"max_new_tokens": self.max_new_tokens, "merge_adapter": self.merges_adapter}
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.profile.generation_for(self.task_name).max_new_tokens or self.task.max_new_tokens
 
     @cached_property
     def key(self) -> str:
-        blob = json.dumps(self.settings(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return keys.content_key("experiment", self.settings(), length=16)
 
     @property
     def directory(self) -> Path:
@@ -235,8 +254,32 @@ class Experiment:
         )
 
     # -- prompts ----------------------------------------------------------------------------------
+    @cached_property
+    def token_counter(self):
+        """Counts the rendered prompt the way the model sees it (its tokenizer and chat template)."""
+        from promptintern.tokens import counter_for
+
+        return counter_for(self.model)
+
+    @property
+    def context_length(self) -> int:
+        """The context every prompt + answer (training) or prompt + generation (inference) must fit."""
+        return self.train_config(output_dir=Path(".")).max_length
+
+    def _budget(self, training: bool) -> ContextBudget:
+        counter = self.token_counter
+        extra = self.profile.baselines.gist.num_gist if self.method == GIST else 0
+        if training:  # the answer and the end-of-turn token follow the prompt
+            def reserve(inst: Instance) -> int:
+                return counter.count_text(self.task.format_answer(inst.reference)) + 1 + extra
+        else:
+            def reserve(inst: Instance) -> int:
+                return self.max_new_tokens + extra
+        return ContextBudget(counter.count_prompt, self.context_length, reserve)
+
     def inference_prompts(self):
-        """The last stage's prompt format for every test instance (examples retrieved from train)."""
+        """The last stage's prompt format for every test instance (examples retrieved from train by query),
+        fitted to the context; what fitting dropped is in :attr:`inference_fit`."""
         plan = self.inference_plan
         shots = example_map(
             self.test_set,
@@ -244,19 +287,35 @@ class Experiment:
             plan.shots,
             fraction=self.profile.method.retrieval_fraction,
             seed=self.profile.seed,
+            field="query",
         )
         templates = _templates(self.instance_templates(self.test_set))
-        return [stage_prompt(self.task, inst, plan, shots[inst.id], templates) for inst in self.test_set]
+        self.inference_fit = FitStats()
+        budget = self._budget(training=False)
+        return [
+            stage_prompt(self.task, inst, plan, shots[inst.id], templates, budget, self.inference_fit)
+            for inst in self.test_set
+        ]
 
     def stage_datasets(self, progress: bool = False):
+        """Every stage's training examples (Eq. 3 retrieval by ``retrieval_key``), fitted to the context;
+        what fitting dropped per stage is in :attr:`train_fit`."""
+        return self.stage_examples(self.train_set, progress)
+
+    def stage_examples(self, instances: list[Instance], progress: bool = False):
+        """:meth:`stage_datasets` for any train instances (``show-prompts`` prints one instance's)."""
+        self.train_fit = [FitStats() for _ in self.plans]
         return build_stage_datasets(
             self.task,
-            self.train_set,
+            instances,
             self.plans,
             bank=self.bank,
             fraction=self.profile.method.retrieval_fraction,
             seed=self.profile.seed,
-            templates=_templates(self.instance_templates(self.train_set, progress)),
+            field=self.profile.method.retrieval_key,
+            templates=_templates(self.instance_templates(instances, progress)),
+            budget=self._budget(training=True),
+            stats=self.train_fit,
         )
 
     def train_config(self, output_dir: Path | None = None):
@@ -292,7 +351,8 @@ class Experiment:
         with self._timed("compress"):
             datasets = self.stage_datasets(progress)
         self._write_json("settings.json", self.settings())
-        self._write_json("plan.json", [self._plan_row(p) for p in self.plans])
+        plan_rows = [self._plan_row(p) | {"fit": f.to_dict()} for p, f in zip(self.plans, self.train_fit, strict=True)]
+        self._write_json("plan.json", plan_rows)
         with self._timed("train"):
             if self.method == GIST:
                 from promptintern.baselines.gist import train_gist
@@ -320,7 +380,7 @@ class Experiment:
     def _generations(self, model, tok, prompts, all_prompts):
         """Generations for ``prompts`` (those still to predict); ``all_prompts``: the whole test subset's."""
         gen = self.profile.generation_for(self.task_name)
-        max_new = gen.max_new_tokens or self.task.max_new_tokens
+        max_new = self.max_new_tokens
         if self.method == GIST:
             from promptintern.baselines.gist import generate_gist
 
@@ -345,14 +405,16 @@ class Experiment:
         done = _read_ids(out)
         with self._timed("compress"):
             prompts = self.inference_prompts()
+        self._write_json("inference-fit.json", self.inference_fit.to_dict())
         todo = [(i, p) for i, p in zip(self.test_set, prompts, strict=True) if i.id not in done]
         if not todo:
             return out
+        billed = self._billed_tokens
         model, tok = self._load_for_generation(progress)
         stream = self._generations(model, tok, [p for _, p in todo], prompts)
         out.parent.mkdir(parents=True, exist_ok=True)
         with self._timed("generate"), open(out, "a", encoding="utf-8") as fh:
-            for (inst, _), g in tqdm(
+            for (inst, prompt), g in tqdm(
                 zip(todo, stream, strict=True),
                 total=len(todo),
                 disable=not progress,
@@ -365,6 +427,7 @@ class Experiment:
                     "input_tokens": g.input_tokens,
                     "output_tokens": g.output_tokens,
                     "latency_s": round(g.latency_s, 4),
+                    **billed(prompt, g.text),
                 }
                 for extra in ("prefix_tokens", "cached_tokens"):  # gist / prefix-cached: what the cache holds
                     if getattr(g, extra, None) is not None:
@@ -372,6 +435,21 @@ class Experiment:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 fh.flush()
         return out
+
+    def _billed_tokens(self, prompt, output: str) -> dict[str, int]:
+        """The request as an OpenAI chat model would bill it: cl100k tokens of the messages and the answer.
+
+        Gist serves its gist tokens in place of template + examples, so only those and the query are billed.
+        """
+        from promptintern.tokens import cl100k_counter
+
+        counter = cl100k_counter()
+        if self.method == GIST:
+            served = prompt.with_template(None)
+            billed_in = counter.count_prompt(type(prompt)(query=served.query)) + self.profile.baselines.gist.num_gist
+        else:
+            billed_in = counter.count_prompt(prompt)
+        return {"input_tokens_cl100k": billed_in, "output_tokens_cl100k": counter.count_text(output)}
 
     def compression_stats(self) -> dict[str, Any]:
         """Template rate requested (τ served) and achieved (mean over instances when question-aware)."""
@@ -400,12 +478,15 @@ class Experiment:
             self.test_set, {k: r.prediction for k, r in records.items()}, progress=progress, **score_options
         )
         lo, hi = confidence_interval(score)
-        n = len(records)
         result = score.to_dict() | {
             "value": score.value,
             "ci95": [lo, hi],
-            "input_tokens_mean": sum(r.extra["input_tokens"] for r in records.values()) / n,
-            "latency_s_mean": sum(r.extra["latency_s"] for r in records.values()) / n,
+            "input_tokens_mean": _mean(records, "input_tokens"),
+            "output_tokens_mean": _mean(records, "output_tokens"),
+            "input_tokens_cl100k_mean": _mean(records, "input_tokens_cl100k"),
+            "output_tokens_cl100k_mean": _mean(records, "output_tokens_cl100k"),
+            "latency_s_mean": _mean(records, "latency_s"),
+            "fit": {"train": self._read_json("plan.json", []), "inference": self._read_json("inference-fit.json", {})},
             "eval_wall_s": time.perf_counter() - t0,
             "template": self.compression_stats(),
             "timings_s": self._read_json("timings.json", {}),
@@ -437,6 +518,12 @@ class Experiment:
 
     def _write_json(self, name: str, obj: Any) -> None:
         write_json(self.directory / name, obj)
+
+
+def _mean(records, field: str) -> float | None:
+    """Mean of a per-prediction number over the records that have it (None if none has)."""
+    values = [r.extra[field] for r in records.values() if r.extra.get(field) is not None]
+    return sum(values) / len(values) if values else None
 
 
 def _templates(compressions) -> dict[str, Template] | None:

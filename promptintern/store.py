@@ -4,7 +4,9 @@ The file (default ``$PROMPTINTERN_HOME/results.sqlite``) runs in WAL mode so rea
 runner; every :meth:`ResultsStore.record` is one transaction that upserts the row by its key, so a rerun
 replaces a row instead of duplicating it. ``schema_version`` holds one version per component; other
 modules may add their own tables through :attr:`ResultsStore.connection` and register a version there.
-Rows carry the metric with its 95 % interval, token counts, τ_all, rates, latency, cost, a status
+Rows carry the metric with its 95 % interval, token counts and ratios (``tau_all`` and ``compression_x``
+relative to the template-only prompt as in the paper, ``tau_full`` relative to template + k shots), rates,
+latency, cost (the model's own price, and the paper's fine-tuned GPT prices on cl100k counts), a status
 (``ok`` | ``not run`` | ``failed``) with its reason, and a provenance JSON blob
 (:mod:`promptintern.provenance`).
 """
@@ -21,7 +23,7 @@ from typing import Any
 from promptintern.paths import home
 from promptintern.provenance import utc_now
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("ok", "not run", "failed")
 KEY = ("table_id", "method", "variant", "model", "task", "seed", "profile")
 
@@ -48,12 +50,23 @@ class RunRow:
     input_tokens_mean: float | None = None
     output_tokens_mean: float | None = None
     full_tokens_mean: float | None = None
+    #: Mean input tokens of the template-only prompt on the same test instances (the paper's × reference).
+    template_tokens_mean: float | None = None
+    #: input tokens / template-only tokens (the paper's τ_all); ``compression_x`` is its inverse (the × column).
     tau_all: float | None = None
+    compression_x: float | None = None
+    #: input tokens / template + k shots tokens (this suite's earlier τ_all).
+    tau_full: float | None = None
     rate_requested: float | None = None
     rate_achieved: float | None = None
     shots: int | None = None
     latency_s_mean: float | None = None
     cost_usd_per_instance: float | None = None
+    #: The request billed as the paper's API models would: cl100k counts of the actual input and output.
+    input_tokens_cl100k_mean: float | None = None
+    output_tokens_cl100k_mean: float | None = None
+    cost_ft_gpt35_usd_per_instance: float | None = None
+    cost_ft_gpt4_usd_per_instance: float | None = None
     settings_key: str | None = None
     directory: str | None = None
     wall_s: float | None = None
@@ -128,6 +141,7 @@ class ResultsStore:
                 )
                 con.execute(_RUNS_SQL)
                 self._check_version(con, "runs", SCHEMA_VERSION)
+                self._add_missing_columns(con)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"results store {self.path}: {exc}") from exc
 
@@ -140,6 +154,15 @@ class ResultsStore:
                 f"results store {self.path}: table {component!r} has schema version {row[0]}, this code "
                 f"understands up to {version}; upgrade promptintern or use another --store file"
             )
+
+    def _add_missing_columns(self, con: sqlite3.Connection) -> None:
+        """Migrate a store written by an older schema: add the columns it lacks (values NULL)."""
+        present = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+        for name in _COLUMNS:
+            if name not in present:
+                con.execute(f"ALTER TABLE runs ADD COLUMN {_column_sql(name)}")
+        con.execute("UPDATE schema_version SET version = ? WHERE component = 'runs' AND version < ?",
+                    (SCHEMA_VERSION, SCHEMA_VERSION))
 
     def transaction(self):
         """``with store.transaction() as con:`` runs the block in one ``BEGIN IMMEDIATE`` transaction."""

@@ -2,9 +2,11 @@
 
 A spec names the table, its caption, the tasks (one column group each) and the rows: a label, a method of
 :data:`promptintern.run.METHODS` and, for variants of a method, a ``variant`` name with profile
-``overrides``. :func:`render_markdown` lays a table out like the paper: per task ``metric | tokens |
-τ_all`` (layout ``tasks``) or ``latency | speedup | cost`` (layout ``latency``, Table 8: speedup against the
-first ``reference`` method with a result). Cells show the metric with its 95 % interval, ``not run: reason``
+``overrides``. :func:`render_markdown` lays a table out like the paper: per task ``metric | tokens | ×``
+(layout ``tasks``; × = template-only tokens / the row's tokens, the paper's definition; with ``rates: true``
+also the template rate requested → achieved) or ``latency | speedup | cost`` (layout ``latency``, Table 8:
+speedup against the first ``reference`` method with a result; cost at fine-tuned gpt-3.5-turbo prices on
+cl100k counts, and the cost saving of the ``saving`` row against the reference below the table). Cells show the metric with its 95 % interval, ``not run: reason``
 or ``failed: reason``; a footer gives n, the commits, package versions and hardware the rows were computed
 with, the render date and the command. :func:`write_table` writes ``tableN.md``, ``.csv`` (one line per row
 × task) and ``.json`` atomically. Unlike the paper, every number comes from this suite's own runs on the
@@ -50,10 +52,19 @@ CSV_FIELDS = (
     "ci_hi",
     "n",
     "input_tokens_mean",
+    "template_tokens_mean",
+    "compression_x",
     "tau_all",
+    "tau_full",
+    "rate_requested",
+    "rate_achieved",
     "latency_s_mean",
     "speedup",
     "cost_usd_per_instance",
+    "input_tokens_cl100k_mean",
+    "output_tokens_cl100k_mean",
+    "cost_ft_gpt35_usd_per_instance",
+    "cost_ft_gpt4_usd_per_instance",
     "reason",
 )
 
@@ -92,8 +103,13 @@ class TableSpec(BaseModel):
     title: str
     caption: str = ""
     layout: Literal["tasks", "latency"] = "tasks"
-    #: τ_all / speedup reference: the first of these methods (plain rows) that has a result.
+    #: Speedup / cost-saving reference (layout ``latency``): the first of these methods (plain rows) with a result.
     reference: tuple[str, ...] = ("zero-shot-full",)
+    #: Layout ``tasks``: show the template rate requested → achieved per task (Table 1's compressors).
+    rates: bool = False
+    #: Layout ``latency``: the row (``method`` or ``method/variant``) whose cost saving against the reference
+    #: is stated below the table (the paper's headline 88.3 %).
+    saving: str | None = None
     tasks: tuple[str, ...] = Field(min_length=1)
     rows: tuple[RowSpec, ...] = Field(min_length=1)
     path: str = ""
@@ -204,10 +220,12 @@ def header(spec: TableSpec, rows: Sequence[RunRow] = ()) -> list[str]:
     for t in spec.tasks:
         name = TASK_TITLES.get(t, t)
         if spec.layout == "latency":
-            cols += [f"{name} latency (s)", f"{name} speedup", f"{name} $/1K inst"]
+            cols += [f"{name} latency (s)", f"{name} speedup", f"{name} $/1K inst (ft gpt-3.5)"]
         else:
             metric = task_metric(t, rows)
-            cols += [f"{name} {METRIC_TITLES.get(metric, metric)}", f"{name} tokens", f"{name} τ_all"]
+            cols += [f"{name} {METRIC_TITLES.get(metric, metric)}", f"{name} tokens", f"{name} ×"]
+            if spec.rates:
+                cols.append(f"{name} τ req → ach")
     return cols
 
 
@@ -241,13 +259,36 @@ class _Grid:
             if ok is None:
                 return [_metric_cell(r) if r is not None else "—", "—", "—"]
             speed = self.speedup(ok)
-            cost = None if ok.cost_usd_per_instance is None else 1000 * ok.cost_usd_per_instance
+            cost = ok.cost_ft_gpt35_usd_per_instance
             return [
                 _num(ok.latency_s_mean, ".3f"),
                 "—" if speed is None else f"{speed:.2f}×",
-                _num(cost, ".4f"),
+                _num(None if cost is None else 1000 * cost, ".3f"),
             ]
-        return [_metric_cell(r), _num(ok and ok.input_tokens_mean, ".1f"), _num(ok and ok.tau_all, ".3f")]
+        times = ok and ok.compression_x
+        cells = [_metric_cell(r), _num(ok and ok.input_tokens_mean, ".1f"), "—" if not times else f"{times:.1f}×"]
+        if self.spec.rates:
+            cells.append(_rates(ok))
+        return cells
+
+    def saving(self, task: str) -> tuple[RunRow, RunRow, float] | None:
+        """(row, reference, 1 - cost(row) / cost(reference)) at fine-tuned gpt-3.5 prices, if both ran."""
+        if not self.spec.saving or task not in self.reference:
+            return None
+        method, _, variant = self.spec.saving.partition("/")
+        row, ref = _ok(self.cells.get((method, variant, task))), self.reference[task]
+        if row is None or not row.cost_ft_gpt35_usd_per_instance or not ref.cost_ft_gpt35_usd_per_instance:
+            return None
+        return row, ref, 1 - row.cost_ft_gpt35_usd_per_instance / ref.cost_ft_gpt35_usd_per_instance
+
+
+def _rates(row: RunRow | None) -> str:
+    """Template rate requested → achieved (the compressor's own unit), or — where no template is compressed."""
+    if row is None or row.rate_requested is None or row.rate_achieved is None:
+        return "—"
+    if row.rate_requested in (0.0, 1.0) and row.rate_achieved == row.rate_requested:
+        return f"{row.rate_requested:g} (none)"
+    return f"{row.rate_requested:.2f} → {row.rate_achieved:.2f}"
 
 
 # -- rendering ----------------------------------------------------------------------------------------
@@ -311,6 +352,16 @@ def render_markdown(
     if spec.layout == "latency":
         refs = [f"{TASK_TITLES.get(t, t)}: {r.label or r.method}" for t, r in grid.reference.items()]
         lines += [f"Speedup reference: {'; '.join(refs) if refs else 'none with a result'}.", ""]
+        for task in spec.tasks:
+            found = grid.saving(task)
+            if found:
+                row, ref, saved = found
+                lines += [
+                    f"{TASK_TITLES.get(task, task)}: {row.label or row.method} costs {100 * saved:.1f} % less "
+                    f"than {ref.label or ref.method} at fine-tuned gpt-3.5-turbo prices (cl100k counts of the "
+                    "actual inputs and outputs; the paper reports 88.3 % lower cost, baseline not stated).",
+                    "",
+                ]
     lines += _footer(rows, command, rendered_at or utc_now())
     return "\n".join(lines) + "\n"
 
@@ -342,10 +393,12 @@ def records(spec: TableSpec, rows: Sequence[RunRow]) -> list[dict[str, Any]]:
                 continue
             data = r.to_dict()
             data.pop("provenance")
+            found = grid.saving(task) if (row.method, row.variant) == (r.method, r.variant) else None
             out.append(
                 base
                 | {k: v for k, v in data.items() if k not in base and k != "label"}
                 | {"speedup": grid.speedup(r)}
+                | ({"cost_saving_vs_reference": found[2]} if found and found[0] is r else {})
             )
     return out
 

@@ -8,6 +8,7 @@ HF models are counted with their own tokenizer on the chat-template rendering. O
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Protocol
 
 from promptintern.prompt import Prompt
@@ -66,11 +67,17 @@ def tiktoken_encoding(name: str = "cl100k_base"):
         return tiktoken.get_encoding(name)
 
 
+@cache
+def cl100k_counter() -> TiktokenCounter:
+    """cl100k_base with OpenAI's chat accounting: how the paper's GPT-3.5 / GPT-4 rows count and bill."""
+    enc = tiktoken_encoding()
+    return TiktokenCounter(enc, name=f"tiktoken/{enc.name}")
+
+
 def counter_for(model: str) -> TokenCounter:
     """The token counter for a model name (``embedded``, a HF id/path, or ``openai:<model>``)."""
     if model.startswith(OPENAI_PREFIX):
-        enc = tiktoken_encoding()
-        return TiktokenCounter(enc, name=f"tiktoken/{enc.name}")
+        return cl100k_counter()
     from promptintern.models import describe, load_tokenizer
 
     return HFTokenCounter(load_tokenizer(model), name=describe(model))

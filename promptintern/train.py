@@ -337,16 +337,13 @@ def _stats(encoded) -> dict:
 def _encode_stage(
     index: int, examples, tokenizer, eot: str, max_length: int, render: Callable | None = None
 ) -> tuple[list[dict], dict]:
-    encoded = [
-        encode(
-            tokenizer,
-            render(ex.prompt, tokenizer) if render is not None else ex.prompt.render(tokenizer),
-            ex.answer,
-            eot=eot,
-            max_length=max_length,
-        )
-        for ex in examples
-    ]
+    encoded = []
+    for ex in examples:
+        text = render(ex.prompt, tokenizer) if render is not None else ex.prompt.render(tokenizer)
+        try:
+            encoded.append(encode(tokenizer, text, ex.answer, eot=eot, max_length=max_length))
+        except ValueError as exc:
+            raise ValueError(f"stage {index}, instance {ex.id}: {exc}") from None
     stats = _stats(encoded)
     if stats["prompt_truncated"]:
         log.warning(

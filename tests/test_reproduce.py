@@ -47,13 +47,25 @@ def test_reproduce_end_to_end_then_cached(tmp_path, tiny_model_dir, monkeypatch)
         pi, zs = rows["promptintern"], rows["zero-shot"]
         assert pi.status == "ok" and pi.n == 3 and pi.metric == "em" and pi.ci_lo <= pi.value <= pi.ci_hi
         assert pi.provenance["settings_key"] == pi.settings_key and pi.provenance["timings_s"]["train"] > 0
-        # τ_all: the row's tokens over the full prompt's (template + k shots) on the same test instances
-        full_exp = Experiment("nl2f", "zero-shot-full", smoke, model)
+        # τ_all / ×: the row's tokens against the template-only prompt's on the same test instances (the
+        # paper's definition); τ_full against the full prompt's (template + k shots)
         counter = counter_for(model)
-        full = sum(counter.count_prompt(p) for p in full_exp.inference_prompts()) / 3
-        assert zs.full_tokens_mean == pytest.approx(full)
-        assert zs.tau_all == pytest.approx(zs.input_tokens_mean / full) and 0 < zs.tau_all < 0.5
+
+        def mean_tokens(method):
+            prompts = Experiment("nl2f", method, smoke, model).inference_prompts()
+            return sum(counter.count_prompt(p) for p in prompts) / len(prompts)
+
+        full, template = mean_tokens("zero-shot-full"), mean_tokens("ft-template")
+        assert zs.full_tokens_mean == pytest.approx(full) and zs.template_tokens_mean == pytest.approx(template)
+        assert zs.tau_all == pytest.approx(zs.input_tokens_mean / template) and 0 < zs.tau_all < 1
+        assert zs.compression_x == pytest.approx(template / zs.input_tokens_mean) and zs.compression_x > 1
+        assert zs.tau_full == pytest.approx(zs.input_tokens_mean / full) and zs.tau_full < zs.tau_all
         assert pi.rate_requested == 0.0 and pi.shots == 0 and pi.cost_usd_per_instance == 0.0
+        # billed as the paper's API rows: cl100k counts of the actual requests at fine-tuned GPT prices
+        assert pi.input_tokens_cl100k_mean > 0 and pi.output_tokens_cl100k_mean is not None
+        expected = (pi.input_tokens_cl100k_mean * 0.003 + pi.output_tokens_cl100k_mean * 0.006) / 1000
+        assert pi.cost_ft_gpt35_usd_per_instance == pytest.approx(expected)
+        assert pi.cost_ft_gpt4_usd_per_instance > pi.cost_ft_gpt35_usd_per_instance
         md = (out / "table9.md").read_text()
         assert (
             f"| PromptIntern | {pi.value:.1f} [{pi.ci_lo:.1f}, {pi.ci_hi:.1f}] | {pi.input_tokens_mean:.1f} |"
@@ -132,7 +144,7 @@ def test_failing_rows_are_recorded_and_others_render(tmp_path, tiny_model_dir, m
     assert "| No template | failed: RuntimeError: boom | — | — |" in md
     assert "| LLMLingua-2 | not run: " in md and f"| Query only | {rows['zero-shot'].value:.1f} [" in md
     csv_lines = (out / "table9.csv").read_text().splitlines()
-    assert len(csv_lines) == 5 and csv_lines[2].endswith(",failed,,,,,,,,,,,RuntimeError: boom")
+    assert len(csv_lines) == 5 and csv_lines[2].endswith(",failed" + "," * 20 + "RuntimeError: boom")
 
 
 def test_sizing_records_skipped_cells_as_not_run(tmp_path, tiny_model_dir):

@@ -125,3 +125,21 @@ def test_retrieve_all_deterministic_and_cached(monkeypatch):
         retrieve_all(bank[:-1], 4, bank=bank, fraction=0.5, seed=2, progress=False)
     monkeypatch.undo()
     assert retrieve_all(bank, 4, fraction=0.5, seed=2, use_cache=False, progress=False) == first
+
+
+def test_answer_field_ranks_by_gold_outputs():
+    """Eq. 3: with field="answer" the scores are BLEU between references, whatever the queries say."""
+    from promptintern.retrieve import ExampleRetriever
+    from promptintern.tasks import Instance
+
+    bank = [
+        Instance("a", "train", "list all files here", "tar -czf backup.tar.gz dir"),
+        Instance("b", "train", "compress the folder dir", "ls -la"),
+        Instance("c", "train", "something else", "find . -name '*.py'"),
+    ]
+    x = Instance("x", "train", "list all files here please", "ls -la /tmp")
+    by_query = ExampleRetriever(bank, field="query").top_k(x, 1)
+    by_answer = ExampleRetriever(bank, field="answer").top_k(x, 1)
+    assert [e.id for e in by_query] == ["a"] and [e.id for e in by_answer] == ["b"]
+    with pytest.raises(ValueError, match="retrieval field"):
+        ExampleRetriever(bank, field="output")

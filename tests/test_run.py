@@ -45,7 +45,7 @@ def test_promptintern_stage_plans_and_datasets(smoke):
     assert [(p.tau, p.shots) for p in plans] == [(1.0, 2), (0.5, 1), (0.0, 0)]
     full, half = plans[0].template, plans[1].template
     assert plans[2].template is None
-    assert len(half.instruction) < len(full.instruction) and len(half.documents) < len(full.documents)
+    assert len(half.text) < len(full.text)
     stages = exp.stage_datasets()
     assert [len(s) for s in stages] == [4, 4, 4]
     for stage, plan in zip(stages, plans, strict=True):
@@ -136,7 +136,7 @@ def test_merge_adapter_enters_the_key_only_where_it_applies(smoke, monkeypatch):
     merged = Experiment("nl2f", "promptintern", smoke, model="m1")  # merge_adapter defaults to True
     unmerged = Experiment("nl2f", "promptintern", unmerged_profile, model="m1")
     assert merged.settings()["generation"]["merge_adapter"] is True and merged.key != unmerged.key
-    assert "merge_adapter" not in unmerged.settings()["generation"]  # keys of earlier runs stay valid
+    assert unmerged.settings()["generation"]["merge_adapter"] is False
     for method in ("zero-shot", "gist"):  # no adapter to merge: same key either way
         assert Experiment("nl2f", method, smoke, model="m1").key == (
             Experiment("nl2f", method, unmerged_profile, model="m1").key
@@ -148,3 +148,51 @@ def test_merge_adapter_enters_the_key_only_where_it_applies(smoke, monkeypatch):
         monkeypatch.setattr(exp, "train", lambda progress=True: "adapter-dir")
         assert exp._load_for_generation(progress=False) == ("m", "t")
     assert seen == [{"merge": False}, {"merge": True}]
+
+
+def test_table1_promptintern_row_serves_the_compressed_template(smoke, tiny_model_dir):
+    """Table 1 / Table 5 "w/ τ = 0.3": linear 1 -> 0.3, the 0.3 template kept at the last stage and at inference."""
+    from promptintern.reproduce import apply_overrides
+    from promptintern.tables import load_spec
+
+    row = next(r for r in load_spec(1).rows if r.method == "promptintern")
+    exp = Experiment("nl2bash", "promptintern", apply_overrides(smoke, row.overrides), model=str(tiny_model_dir))
+    assert [(p.tau, p.shots) for p in exp.plans] == [(1.0, 2), (0.65, 1), (0.3, 0)]
+    served = exp.inference_plan.template
+    full = exp.task.template()
+    assert served is not None and 0 < len(served.text) < len(full.text)
+    prompts = exp.inference_prompts()
+    assert all(p.template == served.text and p.examples == () for p in prompts)
+    stages = exp.stage_datasets()
+    assert all(ex.prompt.template == served.text for ex in stages[-1])  # trained on what is served
+    result = exp.evaluate(progress=False)
+    assert result["template"]["rate_requested"] == 0.3 and 0 < result["template"]["rate_achieved"] < 1
+    assert result["input_tokens_mean"] > Experiment("nl2bash", "zero-shot", smoke, model=str(tiny_model_dir)).evaluate(
+        progress=False
+    )["input_tokens_mean"]
+
+
+def test_training_retrieves_by_gold_output_and_test_time_by_query(smoke, monkeypatch):
+    """Eq. 3: training instances' examples are ranked by BLEU between gold outputs; test prompts by queries."""
+    from promptintern import stages
+
+    seen = []
+    real = stages.ExampleRetriever
+
+    def spy(bank, **kw):
+        seen.append(kw.get("field"))
+        return real(bank, **kw)
+
+    monkeypatch.setattr(stages, "ExampleRetriever", spy)
+    exp = Experiment("nl2bash", "promptintern", smoke)
+    monkeypatch.setattr(exp, "_budget", lambda training: None)
+    exp.stage_datasets()
+    assert seen == ["answer"]
+    ft = Experiment("nl2bash", "ft-full", smoke)
+    monkeypatch.setattr(ft, "_budget", lambda training: None)
+    ft.inference_prompts()
+    assert seen == ["answer", "query"]
+    data = smoke.model_dump()
+    data["method"]["retrieval_key"] = "query"
+    by_query = Experiment("nl2bash", "promptintern", type(smoke).model_validate(data))
+    assert by_query.key != exp.key

@@ -33,7 +33,33 @@ def test_round_trip_and_upsert_without_duplicates(tmp_path):
         assert store.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with ResultsStore(path) as again:  # reopening keeps the rows and the schema
         assert len(again.rows()) == 3
-        assert again.connection.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert again.connection.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+
+
+def test_store_of_schema_1_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    con.execute("INSERT INTO schema_version VALUES ('runs', 1)")
+    con.execute(
+        "CREATE TABLE runs (table_id TEXT NOT NULL, method TEXT NOT NULL, variant TEXT NOT NULL, model TEXT "
+        "NOT NULL, task TEXT NOT NULL, seed INTEGER NOT NULL, profile TEXT NOT NULL, status TEXT NOT NULL, "
+        "reason TEXT, value REAL, provenance TEXT, created_at TEXT NOT NULL, "
+        "PRIMARY KEY (table_id, method, variant, model, task, seed, profile))"
+    )
+    con.execute(
+        "INSERT INTO runs (table_id, method, variant, model, task, seed, profile, status, value, provenance, "
+        "created_at) VALUES ('1', 'promptintern', '', 'embedded', 'nl2bash', 0, 'cpu', 'ok', 3.5, '{}', 'x')"
+    )
+    con.commit()
+    con.close()
+    with ResultsStore(path) as store:
+        (row,) = store.rows()
+        assert row.value == 3.5 and row.compression_x is None and row.tau_full is None
+        store.record(_row(compression_x=5.3))
+        assert store.connection.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
 
 
 def test_row_validation_names_the_problem(tmp_path):

@@ -41,9 +41,15 @@ def test_paper_specs_load():
     assert {r.method for r in by_id["1"].rows} >= {"selective-context", "llmlingua2", "promptintern"}
     assert [s.tasks for s in specs[1:4]] == [("mbpp",), ("nl2f",), ("nl2bash",)]
     variants = {r.variant: r.overrides for r in by_id["5"].rows + by_id["6"].rows if r.variant}
-    assert variants["tau-fixed-0.3"] == {
-        "method": {"template_schedule": {"pattern": "step", "start": 0.3, "end": 0.0}}
+    # the paper's "w/ τ = 0.3" (Table 1's PromptIntern row too): linear 1 -> 0.3, kept at inference
+    assert variants["tau-0.3"] == {
+        "method": {"template_schedule": {"pattern": "linear", "start": 1.0, "end": 0.3}}
     }
+    assert {r.variant: r.overrides for r in by_id["1"].rows}["tau-0.3"] == variants["tau-0.3"]
+    assert variants["no-template-compression"] == {
+        "method": {"template_schedule": {"pattern": "constant", "start": 1.0, "end": 1.0}}
+    }
+    assert by_id["1"].rates and by_id["8"].saving == "promptintern"
     assert variants["retrieval-25"] == {"method": {"retrieval_fraction": 0.25}}
     assert by_id["8"].layout == "latency" and by_id["8"].reference == ("ft-full", "zero-shot-full")
     assert parse_tables("1, 3") == ["1", "3"]
@@ -85,9 +91,9 @@ A caption.
 
 Profile `cpu`, model `embedded`.
 
-| Method | NL2Bash BLEU | NL2Bash tokens | NL2Bash τ_all |
+| Method | NL2Bash BLEU | NL2Bash tokens | NL2Bash × |
 | --- | ---: | ---: | ---: |
-| PromptIntern | 12.3 [10.0, 14.6] | 56.3 | 0.017 |
+| PromptIntern | 12.3 [10.0, 14.6] | 56.3 | 8.6× |
 | LLMLingua-2 | not run: no checkpoint \\| set X | — | — |
 | Gist | — | — | — |
 
@@ -96,11 +102,16 @@ Provenance: commit aaaaaaaaaaaa (dirty); seed 0; python 3.11.7, torch 2.13.0; ha
 Command: `promptintern reproduce --tables 9`
 """
 
-EXPECTED_CSV = """table,label,method,variant,task,status,metric,value,ci_lo,ci_hi,n,input_tokens_mean,tau_all,latency_s_mean,speedup,cost_usd_per_instance,reason
-9,PromptIntern,promptintern,,nl2bash,ok,bleu,12.345,10,14.56,20,56.3,0.01675,0.5,,0,
-9,LLMLingua-2,llmlingua2,,nl2bash,not run,,,,,,,,,,,no checkpoint | set X
-9,Gist,gist,,nl2bash,missing,,,,,,,,,,,
-"""
+EXPECTED_CSV = (
+    "table,label,method,variant,task,status,metric,value,ci_lo,ci_hi,n,input_tokens_mean,template_tokens_mean,"
+    "compression_x,tau_all,tau_full,rate_requested,rate_achieved,latency_s_mean,speedup,cost_usd_per_instance,"
+    "input_tokens_cl100k_mean,output_tokens_cl100k_mean,cost_ft_gpt35_usd_per_instance,"
+    "cost_ft_gpt4_usd_per_instance,reason\n"
+    "9,PromptIntern,promptintern,,nl2bash,ok,bleu,12.345,10,14.56,20,56.3,484.18,8.6,0.11628,0.01675,,,0.5,,0,"
+    ",,,,\n"
+    "9,LLMLingua-2,llmlingua2,,nl2bash,not run,,,,,,,,,,,,,,,,,,,,no checkpoint | set X\n"
+    "9,Gist,gist,,nl2bash,missing,,,,,,,,,,,,,,,,,,,,\n"
+)
 
 
 def test_render_exact_markdown_and_csv(tmp_path):
@@ -116,7 +127,10 @@ def test_render_exact_markdown_and_csv(tmp_path):
                 ci_hi=14.56,
                 n=20,
                 input_tokens_mean=56.3,
-                tau_all=0.01675,
+                template_tokens_mean=484.18,
+                compression_x=8.6,
+                tau_all=0.11628,
+                tau_full=0.01675,
                 latency_s_mean=0.5,
                 cost_usd_per_instance=0.0,
             )
@@ -137,7 +151,7 @@ def test_render_exact_markdown_and_csv(tmp_path):
     assert paths[0].read_text() == EXPECTED_MD
     assert paths[1].read_text() == EXPECTED_CSV
     data = json.loads(paths[2].read_text())
-    assert data["columns"] == ["Method", "NL2Bash BLEU", "NL2Bash tokens", "NL2Bash τ_all"]
+    assert data["columns"] == ["Method", "NL2Bash BLEU", "NL2Bash tokens", "NL2Bash ×"]
     assert [r["status"] for r in data["records"]] == ["ok", "not run", "missing"]
     assert data["records"][1]["reason"] == "no checkpoint |\n set X"  # full text kept in JSON
     assert data["provenance"]["commits"] == ["a" * 40]
@@ -146,19 +160,23 @@ def test_render_exact_markdown_and_csv(tmp_path):
 def test_latency_layout_speedup(tmp_path):
     spec = load_spec(8)
     rows = [
-        _row("zero-shot-full", table_id="8", latency_s_mean=4.0, value=1.0, cost_usd_per_instance=0.002),
-        _row("promptintern", table_id="8", latency_s_mean=0.5, value=2.0, cost_usd_per_instance=0.0001),
+        _row("zero-shot-full", table_id="8", latency_s_mean=4.0, value=1.0, cost_ft_gpt35_usd_per_instance=0.002),
+        _row("promptintern", table_id="8", latency_s_mean=0.5, value=2.0, cost_ft_gpt35_usd_per_instance=0.0001),
         _row("ft-full", table_id="8", status="not run", reason="outside the budget"),
     ]
     md = write_table(spec, rows, tmp_path, profile="cpu", model="embedded")[0].read_text()
-    assert "| NL2Bash latency (s) | NL2Bash speedup | NL2Bash $/1K inst |" in md
+    assert "| NL2Bash latency (s) | NL2Bash speedup | NL2Bash $/1K inst (ft gpt-3.5) |" in md
     # ft-full has no result, so zero-shot-full is the reference: 4.0 / 0.5 = 8x
-    assert "| PromptIntern | — | — | — | — | — | — | 0.500 | 8.00× | 0.1000 |" in md
+    assert "| PromptIntern | — | — | — | — | — | — | 0.500 | 8.00× | 0.100 |" in md
+    assert "NL2Bash: promptintern costs 95.0 % less than zero-shot-full at fine-tuned gpt-3.5-turbo" in md
+    records = json.loads((tmp_path / "table8.json").read_text())["records"]
+    saving = [r.get("cost_saving_vs_reference") for r in records if r["task"] == "nl2bash"]
+    assert saving.count(None) == len(saving) - 1 and pytest.approx(0.95) in saving
     dashes = "| — | — | — | — | — | — |"
     assert f"| FT: template + k shots {dashes} not run: outside the budget | — | — |" in md
     assert "Speedup reference: NL2Bash: zero-shot-full." in md
     csv_text = (tmp_path / "table8.csv").read_text()
-    assert "promptintern,,nl2bash,ok,,2,,,,,,0.5,8," in csv_text
+    assert "promptintern,,nl2bash,ok,,2,,,,,,,,,,,0.5,8,,,,0.0001,," in csv_text
 
 
 def test_tau_all_and_overrides():
@@ -183,7 +201,10 @@ def test_cpu_sizing_is_documented_and_applies():
     assert not sizing.overrides  # the subset sizes live in the cpu profile itself
     cpu = load_profile("cpu").task("nl2bash")
     assert (cpu.train_limit, cpu.test_limit) == (8, 20)
-    assert sizing.skips(RowSpec(label="x", method="ft-full"))
+    assert sizing.skips(RowSpec(label="x", method="ft-template")) and not sizing.skips(RowSpec(label="x", method="ft-full"))
+    tau = RowSpec(label="x", method="promptintern", variant="tau-0.3", overrides={"a": 1})
+    assert not sizing.skips(tau)  # Table 1's PromptIntern row runs
+    assert Sizing("x", skip=("promptintern/*",)).skips(tau)
     assert sizing.skips(RowSpec(label="x", method="promptintern", variant="retrieval-25", overrides={"a": 1}))
     assert not sizing.skips(RowSpec(label="x", method="promptintern"))
     assert sizing.skips_task("mbpp") and not sizing.skips_task("nl2bash")

@@ -12,17 +12,17 @@ an unreadable entry counts as a miss.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from promptintern.compress.base import CompressionResult, Compressor, check_rate
 from promptintern.io import write_json
+from promptintern.keys import content_key
 from promptintern.paths import cache_dir
 
 #: Bump when the stored layout or the meaning of a key changes.
-SCHEMA = 1
+SCHEMA = 2
 
 
 class CompressionCache:
@@ -34,8 +34,7 @@ class CompressionCache:
 
     @staticmethod
     def key(payload: dict[str, Any]) -> str:
-        blob = json.dumps({"schema": SCHEMA, **payload}, sort_keys=True, ensure_ascii=False, default=str)
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        return content_key("compression", {"schema": SCHEMA, **payload})
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.json"
