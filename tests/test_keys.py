@@ -129,3 +129,16 @@ def test_retrieval_and_compression_caches_are_keyed_by_content():
     assert ExampleRetriever(changed, field="answer").cache_key(bank[:2], 2) != key
     payload = {"kind": "template", "text": "abc", "rate": 0.5}
     assert CompressionCache.key(payload) != CompressionCache.key(payload | {"text": "abd"})
+
+
+def test_compressor_fingerprints_follow_the_model_file(tmp_path, tiny_model_dir):
+    """A compressed template cached with one model is not served after the model's weights change."""
+    from promptintern.compress import get_compressor
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    before = get_compressor("llmlingua", model=str(model)).fingerprint()
+    weights = model / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1
+    weights.write_bytes(bytes(blob))
+    assert get_compressor("llmlingua", model=str(model)).fingerprint() != before
