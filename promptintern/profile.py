@@ -96,14 +96,24 @@ class GenerationSpec(_Strict):
     merge_adapter: bool = True
 
 
+class GenerationOverrides(_Strict):
+    """A task's overrides of :class:`GenerationSpec`; ``None`` keeps the profile's value."""
+
+    batch_size: int | None = None
+    max_new_tokens: int | None = None
+    merge_adapter: bool | None = None
+
+
 class TaskSpec(_Strict):
+    """One task's section: subset sizes, k, constructor options and typed train / generation overrides."""
+
     train_limit: int | None = None
     test_limit: int | None = None
     shots: int | None = None
     #: Keyword arguments of the task's constructor (e.g. ``{table_rows: 5}`` for NL2F).
     options: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
-    generation: dict[str, Any] = Field(default_factory=dict)
+    train: TrainSpec = TrainSpec()
+    generation: GenerationOverrides = GenerationOverrides()
 
 
 class Profile(_Strict):
@@ -124,10 +134,12 @@ class Profile(_Strict):
         return self.tasks.get(name, TaskSpec())
 
     def train_for(self, task: str) -> TrainSpec:
-        return TrainSpec.model_validate(self.train.model_dump(exclude_none=True) | self.task(task).train)
+        overrides = self.task(task).train.model_dump(exclude_none=True)
+        return TrainSpec.model_validate(self.train.model_dump(exclude_none=True) | overrides)
 
     def generation_for(self, task: str) -> GenerationSpec:
-        return GenerationSpec.model_validate(self.generation.model_dump() | self.task(task).generation)
+        overrides = self.task(task).generation.model_dump(exclude_none=True)
+        return GenerationSpec.model_validate(self.generation.model_dump() | overrides)
 
 
 class ProfileError(ValueError):
@@ -152,8 +164,25 @@ def load_profile(name_or_path: str) -> Profile:
             data = yaml.safe_load(fh)
     except (OSError, yaml.YAMLError) as exc:
         raise ProfileError(f"{path}: {exc}") from exc
+    return validate_profile(data, str(path))
+
+
+def validate_profile(data: Any, where: str) -> Profile:
+    """``data`` as a :class:`Profile`; every problem is reported in one :class:`ProfileError` that starts
+    with ``where`` (a file, or the overrides applied) and names each field path, unknown task keys included."""
+    from promptintern.tasks import TASK_NAMES
+
+    tasks = data.get("tasks") if isinstance(data, dict) else None
+    choices = ", ".join(TASK_NAMES)
+    problems = [
+        f"tasks.{name}: unknown task (choose from {choices})"
+        for name in (tasks if isinstance(tasks, dict) else {})
+        if name not in TASK_NAMES
+    ]
     try:
-        return Profile.model_validate(data)
+        profile = Profile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ProfileError(f"{path}: {problems}") from None
+        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()] + problems
+    if problems:
+        raise ProfileError(f"{where}: {'; '.join(problems)}")
+    return profile

@@ -34,11 +34,10 @@ from typing import Any
 
 import typer
 import yaml
-from pydantic import ValidationError
 
 from promptintern.cost import Prices, load_prices
 from promptintern.io import append_jsonl, write_json
-from promptintern.profile import Profile, ProfileError, load_profile
+from promptintern.profile import Profile, ProfileError, load_profile, validate_profile
 from promptintern.provenance import collect, utc_now
 from promptintern.store import ResultsStore, RunRow
 from promptintern.tables import SPEC_DIR, RowSpec, SpecError, TableSpec, load_specs, render_all
@@ -74,13 +73,8 @@ def apply_overrides(profile: Profile, overrides: Mapping[str, Any] | None) -> Pr
         raise ProfileError(
             "profile overrides may not change 'name' (runs stay under the profile's directory)"
         )
-    try:
-        return Profile.model_validate(deep_merge(profile.model_dump(), overrides) | {"name": profile.name})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ProfileError(
-            f"overrides {json.dumps(overrides, default=str)} of profile {profile.name!r}: {problems}"
-        ) from None
+    merged = deep_merge(profile.model_dump(), overrides) | {"name": profile.name}
+    return validate_profile(merged, f"overrides {json.dumps(overrides, default=str)} of profile {profile.name!r}")
 
 
 # -- sizing ---------------------------------------------------------------------------------------------

@@ -196,3 +196,32 @@ def test_training_retrieves_by_gold_output_and_test_time_by_query(smoke, monkeyp
     data["method"]["retrieval_key"] = "query"
     by_query = Experiment("nl2bash", "promptintern", type(smoke).model_validate(data))
     assert by_query.key != exp.key
+
+
+def test_mistyped_task_keys_in_a_profile_are_errors_naming_file_and_key(tmp_path):
+    """A typo in a task name or in a task's train/generation section must not silently fall back."""
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(
+        "name: typo\ntasks:\n  nl2bsh: {train_limit: 8}\n"
+        "  nl2f: {train: {epochs_per_stag: 2}, generation: {max_new_token: 9}}\n"
+    )
+    with pytest.raises(ProfileError) as err:
+        load_profile(str(bad))
+    msg = str(err.value)
+    assert msg.startswith(str(bad)) and "tasks.nl2f.train.epochs_per_stag" in msg
+    assert "tasks.nl2f.generation.max_new_token" in msg and "tasks.nl2bsh: unknown task" in msg
+    bad.write_text("name: typo\ntasks:\n  nl2bsh: {train_limit: 8}\n")
+    with pytest.raises(ProfileError, match=r"typo\.yaml: tasks\.nl2bsh: unknown task \(choose from mbpp"):
+        load_profile(str(bad))
+
+
+def test_task_sections_are_typed_and_override_the_shared_ones():
+    paper = load_profile("paper")
+    assert paper.train_for("nl2f").batch_size == 128 and paper.train_for("nl2f").lora_r == 32
+    cpu = load_profile("cpu")
+    assert cpu.generation_for("mbpp").max_new_tokens == 256 and cpu.generation_for("mbpp").merge_adapter is True
+    assert cpu.generation_for("nl2bash").max_new_tokens is None
+    from promptintern.reproduce import apply_overrides
+
+    with pytest.raises(ProfileError, match=r"tasks\.sql: unknown task"):
+        apply_overrides(cpu, {"tasks": {"sql": {"shots": 1}}})
