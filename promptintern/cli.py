@@ -170,9 +170,9 @@ def _experiment(task_name: str, method: str, profile: str, model: str | None, **
 
 
 def _method_option() -> str:
-    from promptintern.run import METHODS
+    from promptintern.methods import method_names
 
-    return typer.Option("promptintern", "--method", "-m", help=f"One of: {', '.join(METHODS)}")
+    return typer.Option("promptintern", "--method", "-m", help=f"One of: {', '.join(method_names())}")
 
 
 def _profile_option() -> str:

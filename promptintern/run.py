@@ -4,15 +4,13 @@ Artifacts live in ``$PROMPTINTERN_HOME/runs/<profile>/<task>/<method>/<key>/`` w
 setting that changes the result, so a rerun reuses what is finished: a trained adapter, predictions
 (written one line at a time and resumed by id) and scores.
 
-Methods: ``promptintern`` (progressive schedules of the profile) and every baseline of
-:mod:`promptintern.baselines`: the untrained rows ``zero-shot`` / ``zero-shot-full`` / ``prefix-cached`` (the
-full prompt with its shared prefix's KV cache computed once and reused); the direct fine-tuning configurations
-``ft-full`` (template + k shots), ``ft-compressed`` (template×0.6 + k/2 shots), ``ft-template`` and
-``ft-none``; the compression baselines ``selective-context``, ``llmlingua``, ``longllmlingua``,
-``llmlingua2`` and ``gpt4-generation`` (whole template at the profile's ``baselines.rate``); and ``gist``.
-Baselines use constant schedules over the same number of stages and are served with the prompt they
-trained on. Wall time per phase accumulates in ``timings.json``; ``scores.json`` carries the rate requested
-and achieved, input tokens, latency and timings next to the metric.
+Every method-specific decision (stage schedules, compressor, training, loading, decoding, billing, key
+settings) is asked of the method object registered under the experiment's method name
+(:mod:`promptintern.methods`): ``promptintern``; the untrained rows ``zero-shot`` / ``zero-shot-full`` /
+``prefix-cached``; the direct fine-tuning rows ``ft-full`` / ``ft-compressed`` / ``ft-template`` / ``ft-none``;
+the compression baselines of :mod:`promptintern.baselines`; and ``gist``. The runner itself has no method-name
+branches. Wall time per phase accumulates in ``timings.json``; ``scores.json`` carries the rate requested and
+achieved, input tokens (the model's and cl100k), latency, context-fitting counts and timings next to the metric.
 """
 
 from __future__ import annotations
@@ -26,15 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from promptintern import __version__, keys
-from promptintern.baselines import (
-    COMPRESSION_BASELINES,
-    DIRECT_FT,
-    GIST,
-    PREFIX_CACHED,
-    ZERO_SHOT,
-    BaselineUnavailable,
-)
+from promptintern.baselines import BaselineUnavailable
 from promptintern.io import atomic_write_text, write_json
+from promptintern.methods import METHODS, Method, get_method  # noqa: F401 (METHODS re-exported)
 from promptintern.paths import home
 from promptintern.profile import Profile, TrainSpec
 from promptintern.schedule import Schedule, example_counts
@@ -48,8 +40,6 @@ from promptintern.stages import (
     stage_prompt,
 )
 from promptintern.tasks import Instance, Task, Template, get_task
-
-METHODS = ("promptintern", *ZERO_SHOT, *DIRECT_FT, *COMPRESSION_BASELINES, GIST)
 
 
 def _slug(model: str) -> str:
@@ -66,8 +56,7 @@ class Experiment:
     full_test: bool = False
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        self.spec: Method = get_method(self.method)
         self.model = self.model or self.profile.model
 
     # -- data and plan ----------------------------------------------------------------------------
@@ -96,52 +85,24 @@ class Experiment:
     @property
     def baseline(self):
         """The compression baseline's definition, or None."""
-        return COMPRESSION_BASELINES.get(self.method)
+        return getattr(self.spec, "baseline", None)
 
     def schedules(self) -> tuple[Schedule, Schedule]:
-        m = self.profile.method
-        if self.method == "promptintern":
-            ts = m.template_schedule
-            tmpl = Schedule(ts.pattern, ts.start, ts.end, m.stages, ts.rate)
-            es = m.example_schedule
-            if es is None:
-                return tmpl, Schedule(m.example_pattern, float(self.shots), 0.0, m.stages, ts.rate)
-            k0, k1 = float(round(self.shots * es.start)), float(round(self.shots * es.end))
-            return tmpl, Schedule(es.pattern, k0, k1, m.stages, es.rate)
-        if self.baseline:
-            tau, k = self.profile.baselines.rate, float(self.profile.baselines.shots)
-        elif self.method == GIST:
-            gist = self.profile.baselines.gist
-            tau, k = 1.0, float(self.shots if gist.shots is None else gist.shots)
-        else:
-            tau, frac = {**ZERO_SHOT, **DIRECT_FT}[self.method]
-            k = float(int(self.shots * frac))
-        stages = m.stages if self.trains else 1
-        return Schedule("constant", tau, tau, stages), Schedule("constant", k, k, stages)
-
-    def compressor_options(self) -> dict[str, Any]:
-        """The baseline's compressor options from the profile, ``"$model"`` replaced by this run's model."""
-        options = self.profile.baselines.compressors.get(self.method, {})
-        return {k: (self.model if v == "$model" else v) for k, v in options.items()}
+        """The method's template-rate and example-count schedules (:mod:`promptintern.methods`)."""
+        return self.spec.schedules(self)
 
     def compressor(self):
-        """The ``TemplateCompressor`` of this method (raises :class:`BaselineUnavailable` if it cannot run)."""
-        from promptintern.compress import LLMLingua2CheckpointError, TemplateCompressor, get_compressor
+        """The method's ``TemplateCompressor`` (raises :class:`BaselineUnavailable` if it cannot run)."""
+        return self.spec.compressor(self)
 
-        if self.baseline:
-            try:
-                backend = get_compressor(self.baseline.compressor, **self.compressor_options())
-            except LLMLingua2CheckpointError as exc:
-                raise BaselineUnavailable(f"{self.method}: {exc}") from None
-            return TemplateCompressor(backend, whole=True)
-        m = self.profile.method
-        inst = get_compressor(m.instruction_compressor.name, **m.instruction_compressor.options)
-        doc = m.document_compressor
-        return TemplateCompressor(inst, get_compressor(doc.name, **doc.options) if doc else None)
+    def compressor_options(self) -> dict[str, Any]:
+        """A compression baseline's compressor options (``"$model"`` replaced by the run's model), else {}."""
+        options = getattr(self.spec, "options", None)
+        return options(self) if options else {}
 
     def unavailable(self) -> str | None:
         """Why this experiment cannot run here (no model is loaded to find out), else None."""
-        if not (self.baseline or self.method == "promptintern"):
+        if not self.spec.needs_compressor(self):
             return None
         try:
             self.compressor()
@@ -151,7 +112,7 @@ class Experiment:
 
     @property
     def question_aware(self) -> bool:
-        return bool(self.baseline and self.baseline.question_aware)
+        return self.spec.question_aware
 
     def _plans(self, last_only: bool) -> list[StagePlan]:
         tmpl, egs = self.schedules()
@@ -174,7 +135,7 @@ class Experiment:
 
     @property
     def trains(self) -> bool:
-        return self.method not in ZERO_SHOT
+        return self.spec.trains
 
     def instance_templates(self, instances: list[Instance], progress: bool = False):
         """Question-aware baselines: every instance's template compressed with its query as the question
@@ -195,12 +156,7 @@ class Experiment:
         """Everything that changes this experiment's result, by content (see :mod:`promptintern.keys`)."""
         tmpl, egs = self.schedules()
         p = self.profile
-        extra: dict[str, Any] = {}
-        if self.baseline:
-            extra["baseline"] = {"compressor": self.baseline.compressor, "options": self.compressor_options()}
-        elif self.method == GIST:
-            extra["gist"] = p.baselines.gist.model_dump()
-        return extra | {
+        return self.spec.key_settings(self) | {
             "version": __version__,
             "method_version": keys.method_version(self.method),
             "pipeline_version": keys.method_version("pipeline"),
@@ -228,7 +184,7 @@ class Experiment:
     @property
     def merges_adapter(self) -> bool:
         """Whether generation folds this method's LoRA adapter into the base weights (never for Gist)."""
-        return self.trains and self.method != GIST and self.profile.generation_for(self.task_name).merge_adapter
+        return self.trains and self.spec.mergeable and self.profile.generation_for(self.task_name).merge_adapter
 
     def _generation_settings(self) -> dict[str, Any]:
         gen = self.profile.generation_for(self.task_name).model_dump(exclude={"merge_adapter"})
@@ -268,7 +224,7 @@ class Experiment:
 
     def _budget(self, training: bool) -> ContextBudget:
         counter = self.token_counter
-        extra = self.profile.baselines.gist.num_gist if self.method == GIST else 0
+        extra = self.spec.extra_prompt_tokens(self)
         if training:  # the answer and the end-of-turn token follow the prompt
             def reserve(inst: Instance) -> int:
                 return counter.count_text(self.task.format_answer(inst.reference)) + 1 + extra
@@ -354,48 +310,14 @@ class Experiment:
         plan_rows = [self._plan_row(p) | {"fit": f.to_dict()} for p, f in zip(self.plans, self.train_fit, strict=True)]
         self._write_json("plan.json", plan_rows)
         with self._timed("train"):
-            if self.method == GIST:
-                from promptintern.baselines.gist import train_gist
-
-                num_gist = self.profile.baselines.gist.num_gist
-                return train_gist(datasets, config, num_gist, progress=progress)
-            from promptintern.train import train_progressive
-
-            return train_progressive(datasets, config, progress=progress)
+            return self.spec.train(self, datasets, config, progress)
 
     def _load_for_generation(self, progress: bool):
-        adapter = self.train(progress) if self.trains else None
-        if self.method == GIST:
-            from promptintern.baselines.gist import load_gist_model
-
-            return load_gist_model(self.model, adapter)
-        if adapter is not None:
-            from promptintern.train import load_for_inference
-
-            return load_for_inference(self.model, adapter, merge=self.merges_adapter)
-        from promptintern.models import load_model, load_tokenizer
-
-        return load_model(self.model), load_tokenizer(self.model)
+        return self.spec.load(self, self.train(progress) if self.trains else None)
 
     def _generations(self, model, tok, prompts, all_prompts):
         """Generations for ``prompts`` (those still to predict); ``all_prompts``: the whole test subset's."""
-        gen = self.profile.generation_for(self.task_name)
-        max_new = self.max_new_tokens
-        if self.method == GIST:
-            from promptintern.baselines.gist import generate_gist
-
-            num_gist = self.profile.baselines.gist.num_gist
-            return generate_gist(model, tok, prompts, num_gist=num_gist, max_new_tokens=max_new)
-        rendered = [p.render(tok) for p in prompts]
-        if self.method == PREFIX_CACHED:  # the prefix shared by ALL test prompts, so a resumed run reuses it
-            from promptintern.prefix_cache import PrefixCachedGenerator
-
-            cached = PrefixCachedGenerator(model, tok)
-            cached.prepare([p.render(tok) for p in all_prompts])
-            return cached.generate(rendered, max_new_tokens=max_new)
-        from promptintern.generate import generate
-
-        return generate(model, tok, rendered, max_new_tokens=max_new, batch_size=gen.batch_size)
+        return self.spec.generate(self, model, tok, prompts, all_prompts, self.max_new_tokens)
 
     def predict(self, progress: bool = True) -> Path:
         """Greedy predictions for the test subset, appended line by line and resumed by id."""
@@ -437,18 +359,11 @@ class Experiment:
         return out
 
     def _billed_tokens(self, prompt, output: str) -> dict[str, int]:
-        """The request as an OpenAI chat model would bill it: cl100k tokens of the messages and the answer.
-
-        Gist serves its gist tokens in place of template + examples, so only those and the query are billed.
-        """
+        """The request as an OpenAI chat model would bill it: cl100k tokens of the messages and the answer."""
         from promptintern.tokens import cl100k_counter
 
         counter = cl100k_counter()
-        if self.method == GIST:
-            served = prompt.with_template(None)
-            billed_in = counter.count_prompt(type(prompt)(query=served.query)) + self.profile.baselines.gist.num_gist
-        else:
-            billed_in = counter.count_prompt(prompt)
+        billed_in = self.spec.billed_prompt_tokens(self, prompt, counter)
         return {"input_tokens_cl100k": billed_in, "output_tokens_cl100k": counter.count_text(output)}
 
     def compression_stats(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Paper table specs (``benchmarks/tables/tableN.yaml``) and their rendering from the results store.
 
 A spec names the table, its caption, the tasks (one column group each) and the rows: a label, a method of
-:data:`promptintern.run.METHODS` and, for variants of a method, a ``variant`` name with profile
+:mod:`promptintern.methods` registry and, for variants of a method, a ``variant`` name with profile
 ``overrides``. :func:`render_markdown` lays a table out like the paper: per task ``metric | tokens | ×``
 (layout ``tasks``; × = template-only tokens / the row's tokens, the paper's definition; with ``rates: true``
 also the template rate requested → achieved) or ``latency | speedup | cost`` (layout ``latency``, Table 8:
@@ -84,10 +84,10 @@ class RowSpec(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        from promptintern.run import METHODS
+        from promptintern.methods import method_names
 
-        if v not in METHODS:
-            raise ValueError(f"unknown method {v!r}; choose from {', '.join(METHODS)}")
+        if v not in method_names():
+            raise ValueError(f"unknown method {v!r}; choose from {', '.join(method_names())}")
         return v
 
     @property
