@@ -255,8 +255,6 @@ def tokens_cmd(
     from promptintern.profile import load_profile
     from promptintern.run import Experiment
     from promptintern.tasks import TEMPLATE_VARIANTS
-    from promptintern.tokens import counter_for
-
     if template is not None and template not in TEMPLATE_VARIANTS:
         raise typer.BadParameter(f"choose from {', '.join(TEMPLATE_VARIANTS)}", param_hint="--template")
     prof = load_profile(profile)
@@ -267,7 +265,7 @@ def tokens_cmd(
     with _stdout_to_stderr():
         for method, label in CONFIGURATIONS.items():
             exp = Experiment(task_name, method, prof, model, full_test=True)
-            counter = counter or counter_for(exp.model)
+            counter = exp.token_counter
             prompts = exp.inference_prompts()
             rows[label] = sum(counter.count_prompt(p) for p in prompts) / len(prompts)
             fit[label] = exp.inference_fit.to_dict()  # examples dropped, queries shrunk to fit the context

@@ -199,19 +199,6 @@ def _say(msg: str, progress: bool) -> None:
         print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _output_tokens_mean(directory: Path) -> float | None:
-    path = directory / "predictions.jsonl"
-    if not path.is_file():
-        return None
-    counts = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            counts.append(float(json.loads(line)["output_tokens"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return sum(counts) / len(counts) if counts else None
-
-
 class ReferenceTokens:
     """Mean input tokens of a reference prompt (``method``'s inference prompt) per task, counted once."""
 
@@ -305,7 +292,7 @@ def _result_fields(
     exp = job.experiment
     lo, hi = result.get("ci95") or (None, None)
     tmpl = result.get("template") or {}
-    out_tokens = _output_tokens_mean(exp.directory)
+    out_tokens = result.get("output_tokens_mean")
     tokens = result.get("input_tokens_mean")
     billed_in, billed_out = result.get("input_tokens_cl100k_mean"), result.get("output_tokens_cl100k_mean")
     compression = ratio(template, tokens)

@@ -331,7 +331,6 @@ class Experiment:
         todo = [(i, p) for i, p in zip(self.test_set, prompts, strict=True) if i.id not in done]
         if not todo:
             return out
-        billed = self._billed_tokens
         model, tok = self._load_for_generation(progress)
         stream = self._generations(model, tok, [p for _, p in todo], prompts)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -349,7 +348,7 @@ class Experiment:
                     "input_tokens": g.input_tokens,
                     "output_tokens": g.output_tokens,
                     "latency_s": round(g.latency_s, 4),
-                    **billed(prompt, g.text),
+                    **self._billed_tokens(prompt, g.text),
                 }
                 for extra in ("prefix_tokens", "cached_tokens"):  # gist / prefix-cached: what the cache holds
                     if getattr(g, extra, None) is not None:

@@ -393,7 +393,7 @@ def records(spec: TableSpec, rows: Sequence[RunRow]) -> list[dict[str, Any]]:
                 continue
             data = r.to_dict()
             data.pop("provenance")
-            found = grid.saving(task) if (row.method, row.variant) == (r.method, r.variant) else None
+            found = grid.saving(task)
             out.append(
                 base
                 | {k: v for k, v in data.items() if k not in base and k != "label"}

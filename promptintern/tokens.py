@@ -74,8 +74,10 @@ def cl100k_counter() -> TiktokenCounter:
     return TiktokenCounter(enc, name=f"tiktoken/{enc.name}")
 
 
+@cache
 def counter_for(model: str) -> TokenCounter:
-    """The token counter for a model name (``embedded``, a HF id/path, or ``openai:<model>``)."""
+    """The token counter for a model name (``embedded``, a HF id/path, or ``openai:<model>``); loaded once
+    per name and process (experiments, context fitting and token references share it)."""
     if model.startswith(OPENAI_PREFIX):
         return cl100k_counter()
     from promptintern.models import describe, load_tokenizer
