@@ -34,11 +34,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from promptintern.collate import PadCollator
-from promptintern.generate import Generation, _truncate
+from promptintern.generate import Generation, cut_at_stop
 from promptintern.io import write_json
 from promptintern.models import load_model, load_tokenizer
 from promptintern.prompt import Prompt
-from promptintern.train import StageHooks, TrainConfig, TrainExample, _is_main, train_progressive
+from promptintern.stages import TrainExample
+from promptintern.train import StageHooks, TrainConfig, is_main_process, train_progressive
 
 GIST_TOKEN = "<GIST>"
 SETTINGS_FILE = "gist.json"
@@ -251,7 +252,7 @@ def train_gist(
         collator=functools.partial(_collator, gist_id=gist_id),
     )
     final = train_progressive(stages, config, progress=progress, callbacks=callbacks, hooks=hooks)
-    if _is_main():
+    if is_main_process():
         tokenizer.padding_side = "left"
         tokenizer.save_pretrained(str(final))
         write_json(final / SETTINGS_FILE, settings, sort_keys=True)
@@ -398,7 +399,7 @@ def generate_gist(
             t1 = time.perf_counter()
             new = _decode(model, tokenizer, kv, len(prefix_ids), suffix_ids, max_new_tokens, eos, stop)
             latency = time.perf_counter() - t1 + (0.0 if cache_gists else gist_s)
-        text = _truncate(tokenizer.decode(new, skip_special_tokens=True), stop)
+        text = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)
         yield GistGeneration(
             text,
             num_gist + len(suffix_ids),

@@ -322,6 +322,15 @@ class LLMGenerationCompressor(BaseCompressor):
     def count(self, text: str) -> int:
         return len(cl100k_encoding().encode(text, disallowed_special=()))
 
+    def unavailable(self) -> str | None:
+        """Why no request can be sent (an OpenAI model with neither an API key nor another endpoint), else None."""
+        if self.local or self.base_url is not None or self._api_key or os.environ.get("OPENAI_API_KEY"):
+            return None
+        return (
+            f"model {self.model!r} on {OPENAI_DEFAULT_BASE_URL} needs an API key: set OPENAI_API_KEY, or point "
+            "$PROMPTINTERN_OPENAI_BASE_URL at an OpenAI-compatible server"
+        )
+
     def endpoint_id(self) -> str:
         """``base_url`` of the endpoint, or ``local-llama-cpp:<gguf sha256 prefix>`` for the local server."""
         if self.local:

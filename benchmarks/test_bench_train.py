@@ -11,7 +11,8 @@ import json
 
 from promptintern.prompt import build_prompt
 from promptintern.retrieve import ExampleRetriever
-from promptintern.train import TrainConfig, TrainExample, train_progressive
+from promptintern.stages import TrainExample
+from promptintern.train import TrainConfig, train_progressive
 
 SHOTS = 5
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from promptintern.tasks import TASK_NAMES, get_task
+from promptintern.tasks import get_task, task_names
 
 app = typer.Typer(help="PromptIntern reproducibility suite.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Datasets: statistics and download.", no_args_is_help=True)
@@ -31,21 +31,51 @@ def _emit(obj, as_json: bool, table: Table | None = None) -> None:
         Console().print(table)
 
 
+TASK_HELP = "A task name (mbpp, nl2f, nl2bash or one registered with --include-path) or a task folder."
+
+
 def _task_option() -> str:
-    return typer.Option(..., "--task", "-t", help=f"One of: {', '.join(TASK_NAMES)}")
+    return typer.Option(..., "--task", "-t", help=TASK_HELP)
+
+
+@app.callback()
+def _main(
+    include_path: list[Path] = typer.Option(
+        None,
+        "--include-path",
+        help="Register every task folder (a folder with task.yaml) under DIR; repeatable. "
+        "Also read from $PROMPTINTERN_INCLUDE_PATH.",
+    ),
+) -> None:
+    """PromptIntern reproducibility suite."""
+    import os
+
+    from promptintern.tasks import INCLUDE_ENV
+    from promptintern.tasks import include_path as register_under
+
+    for directory in include_path or ():
+        register_under(directory)
+    if include_path:  # child processes (reproduce workers, lm-eval) see the same tasks
+        entries = [str(Path(d).resolve()) for d in include_path]
+        old = os.environ.get(INCLUDE_ENV)
+        os.environ[INCLUDE_ENV] = os.pathsep.join(entries + ([old] if old else []))
 
 
 @data_app.command("stats")
-def data_stats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def data_stats(
+    tasks: list[str] = typer.Option(None, "--task", "-t", help=TASK_HELP + " Repeatable; default: all registered."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
     """Number of examples per task and split."""
-    stats = {}
-    for name in TASK_NAMES:
-        task = get_task(name)
-        stats[name] = {split: len(task.load(split)) for split in task.splits}
+    stats, titles = {}, {}
+    for ref in tasks or task_names():
+        task = get_task(ref)
+        stats[task.name] = {split: len(task.load(split)) for split in task.splits}
+        titles[task.name] = task.display_name
     table = Table("task", "split", "examples", title="Dataset statistics")
     for name, splits in stats.items():
         for split, n in splits.items():
-            table.add_row(get_task(name).display_name, split, str(n))
+            table.add_row(titles[name], split, str(n))
     _emit(stats, as_json, table)
 
 
@@ -124,7 +154,7 @@ def eval_cmd(
         write_jsonl(out, score.per_instance)
     result = score.to_dict() | {"split": split, "oracle": oracle}
     if oracle:
-        result["failures"] = failures(score)
+        result["failures"] = failures(task, score)
     table = Table("metric", "value", title=f"{task.display_name} / {split}" + (" (oracle)" if oracle else ""))
     for key, val in score.metrics.items():
         table.add_row(key, f"{val:.2f}")
@@ -145,7 +175,7 @@ def prompt_cmd(
     task = get_task(task_name)
     found = [i for i in task.load(split) if i.id == instance_id]
     if not found:
-        raise typer.BadParameter(f"no instance {instance_id!r} in {task_name}/{split}")
+        raise typer.BadParameter(f"no instance {instance_id!r} in {task.name}/{split}")
     prompt = build_prompt(task, found[0], task.template() if template else None)
     tokenizer = None
     if model:
@@ -221,6 +251,14 @@ def run_cmd(
     method: str = _method_option(),
     profile: str = _profile_option(),
     model: str | None = _model_option(),
+    baseline: str | None = typer.Option(
+        None, "--baseline", help="Also run this method (e.g. zero-shot-full: the full prompt) and report the "
+        "accuracy, input-token, latency and cost differences against it."
+    ),
+    price_model: str = typer.Option(
+        "ft:gpt-3.5-turbo", "--price-model", help="Model whose prices.yaml price bills the cl100k tokens."
+    ),
+    prices: Path | None = typer.Option(None, "--prices", help="A price file merged over prices.yaml."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Train, generate and score one experiment; every finished step is reused on a rerun."""
@@ -228,13 +266,46 @@ def run_cmd(
     with _stdout_to_stderr():
         result = exp.evaluate()
     result["directory"] = str(exp.directory)
-    table = Table("field", "value", title=f"{task_name} / {method} / {exp.profile.name}")
+    table = Table("field", "value", title=f"{exp.task_name} / {method} / {exp.profile.name}")
     lo, hi = result["ci95"]
     table.add_row(result["primary"], f"{result['value']:.2f} [{lo:.2f}, {hi:.2f}]")
     table.add_row("input tokens (mean)", f"{result['input_tokens_mean']:.1f}")
     table.add_row("latency s (mean)", f"{result['latency_s_mean']:.3f}")
     table.add_row("n", str(result["n"]))
+    if baseline:
+        from promptintern.compare import compare
+
+        ref = _experiment(exp.task_name, baseline, profile, model)
+        with _stdout_to_stderr():
+            reference = ref.evaluate()
+        report = compare(result, reference, price_model, str(prices) if prices else None)
+        result["comparison"] = report
+        table = _comparison_table(report, f"{exp.task_name}: {method} vs {baseline} ({exp.profile.name})")
     _emit(result, as_json, table)
+
+
+def _comparison_table(report: dict, title: str) -> Table:
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f} % less"
+
+    ours, ref = report["method"], report["reference"]
+    table = Table("", ours["method"], ref["method"], "difference", title=title)
+    table.add_row(
+        ours["metric"],
+        *(f"{r['value']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]" for r in (ours, ref)),
+        f"{report['accuracy_difference']:+.2f}",
+    )
+    table.add_row("input tokens (model)", f"{ours['input_tokens_mean']:.1f}", f"{ref['input_tokens_mean']:.1f}",
+                  pct(report["input_token_saving"]))
+    table.add_row("input tokens (cl100k)", *(f"{r['input_tokens_cl100k_mean'] or 0:.1f}" for r in (ours, ref)),
+                  pct(report["input_token_saving_cl100k"]))
+    speed = report["latency_speedup"]
+    table.add_row("latency s (mean)", f"{ours['latency_s_mean']:.3f}", f"{ref['latency_s_mean']:.3f}",
+                  "n/a" if speed is None else f"{speed:.2f}x faster")
+    table.add_row(f"$ / 1K requests ({report['price_model']})",
+                  *(f"{r['usd_per_1k_requests'] or 0:.4f}" for r in (ours, ref)), pct(report["cost_saving"]))
+    table.add_row("n", str(ours["n"]), str(ref["n"]), "")
+    return table
 
 
 @app.command("tokens")
@@ -254,7 +325,9 @@ def tokens_cmd(
     from promptintern.paper_figures import CONFIGURATIONS, compare
     from promptintern.profile import load_profile
     from promptintern.run import Experiment
-    from promptintern.tasks import TEMPLATE_VARIANTS
+    from promptintern.tasks import TEMPLATE_VARIANTS, resolve_task
+
+    task_name = resolve_task(task_name)
     if template is not None and template not in TEMPLATE_VARIANTS:
         raise typer.BadParameter(f"choose from {', '.join(TEMPLATE_VARIANTS)}", param_hint="--template")
     prof = load_profile(profile)
@@ -305,7 +378,7 @@ def show_prompts_cmd(
     exp = _experiment(task_name, "promptintern", profile, None)
     inst = next((i for i in exp.bank if i.id == instance_id), None)
     if inst is None:
-        raise typer.BadParameter(f"no train instance {instance_id!r} in {task_name}")
+        raise typer.BadParameter(f"no train instance {instance_id!r} in {exp.task_name}")
     for plan, example in zip(exp.plans, exp.stage_examples([inst]), strict=True):
         typer.echo(f"===== stage {plan.index}: template rate {plan.tau:g}, {plan.shots} example(s) =====")
         typer.echo(example[0].prompt.to_text())

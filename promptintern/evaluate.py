@@ -35,28 +35,11 @@ def evaluate(
     return task.score(instances, predictions, **options)
 
 
-#: Per-instance keys and the value a fully correct row has (MBPP pass, NL2F EM on 0/1, NL2Bash BLEU 0-100).
-PERFECT = {"passed": True, "em": 1.0, "sentence_bleu": 100.0}
+def failures(task: Task, score: TaskScore) -> list[dict[str, Any]]:
+    """Per-instance rows that did not get full marks under the task's metric."""
+    return [row for row in score.per_instance if task.metric.failed(row)]
 
 
-def failures(score: TaskScore) -> list[dict[str, Any]]:
-    """Per-instance rows that did not get full marks."""
-    out = []
-    for row in score.per_instance:
-        key = next(k for k in PERFECT if k in row)
-        if row[key] != PERFECT[key] and not (
-            isinstance(row[key], float) and abs(row[key] - PERFECT[key]) < 1e-9
-        ):
-            out.append(row)
-    return out
-
-
-def confidence_interval(score: TaskScore, **kwargs: Any) -> tuple[float, float]:
-    """95 % bootstrap interval of the task's primary metric from its per-instance rows."""
-    from promptintern.stats import corpus_bleu_ci, mean_ci
-
-    rows = score.per_instance
-    if rows and "sentence_bleu" in rows[0]:
-        return corpus_bleu_ci([r["prediction"] for r in rows], [r["reference"] for r in rows], **kwargs)
-    key = "passed" if rows and "passed" in rows[0] else "em"
-    return mean_ci([100.0 * float(r[key]) for r in rows], **kwargs)
+def confidence_interval(task: Task, score: TaskScore, **kwargs: Any) -> tuple[float, float]:
+    """95 % bootstrap interval of the primary metric, computed by the task's metric from the per-instance rows."""
+    return task.metric.interval(score.per_instance, **kwargs)

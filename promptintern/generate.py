@@ -15,7 +15,8 @@ class Generation:
     latency_s: float
 
 
-def _truncate(text: str, stop: Sequence[str]) -> str:
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of any stop string (all of it when none occurs)."""
     cut = min((text.find(s) for s in stop if s and s in text), default=-1)
     return text[:cut] if cut >= 0 else text
 
@@ -56,4 +57,4 @@ def generate(
             new = row[width:]
             new = new[new != tokenizer.pad_token_id] if tokenizer.pad_token_id is not None else new
             text = tokenizer.decode(new, skip_special_tokens=True)
-            yield Generation(_truncate(text, stop), int(mask.sum()), int(new.numel()), elapsed)
+            yield Generation(cut_at_stop(text, stop), int(mask.sum()), int(new.numel()), elapsed)

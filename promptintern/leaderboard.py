@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from promptintern.cost import Prices, load_prices
-from promptintern.tasks import TASK_NAMES, get_task
+from promptintern.tasks import PAPER_TASKS, get_task
 
 FORMATS = ("md", "json", "html")
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
@@ -114,7 +114,7 @@ def load(store_path: str | Path | None = None, prices_path: str | Path | None = 
                     f"{entry.name} / {task}: cost {'blank' if cell.cost_usd_per_instance is None else 'partial'}: {cell.cost_note}"
                 )
     used = {t for e in entries.values() for t in e.tasks}
-    tasks = [t for t in TASK_NAMES if t in used] + sorted(used - set(TASK_NAMES))
+    tasks = [t for t in PAPER_TASKS if t in used] + sorted(used - set(PAPER_TASKS))
     return Leaderboard(list(entries.values()), tasks, prices, notes)
 
 

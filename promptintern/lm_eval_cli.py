@@ -1,9 +1,11 @@
 """``promptintern lm-eval``: the suite's tasks through lm-evaluation-harness (HF backend).
 
-A thin wrapper over ``lm_eval.simple_evaluate`` with the ``promptintern_*`` task configs of
-``tasks/*/lm_eval/``: it resolves ``embedded`` and other suite model names, loads a PromptIntern LoRA
-adapter with ``peft``, picks device and dtype as ``promptintern.models.load_model`` does and applies the
-model's chat template when it has one (as ``Prompt.render`` does). Results keep the suite's 0-100 scale.
+A thin wrapper over ``lm_eval.simple_evaluate`` with the ``promptintern_*`` task configs that
+``promptintern.tasks.lm_eval_support.include_path`` generates from the task registry (a built-in, a task
+registered with ``--include-path`` / ``$PROMPTINTERN_INCLUDE_PATH``, or a task folder given directly): it
+resolves ``embedded`` and other suite model names, loads a PromptIntern LoRA adapter with ``peft``, picks
+device and dtype as ``promptintern.models.load_model`` does and applies the model's chat template when it
+has one (as ``Prompt.render`` does). Results keep the suite's 0-100 scale.
 """
 
 from __future__ import annotations
@@ -14,19 +16,18 @@ from typing import Any
 
 import typer
 
-from promptintern.tasks import TASK_NAMES
+TASK_HELP = (
+    "Tasks (repeatable; default: every registered task): a name (mbpp, nl2f, nl2bash or one registered "
+    "with --include-path) or a task folder (a folder with task.yaml)."
+)
 
 
-def _lm_eval_names(tasks: list[str] | None, prompt: str) -> list[str]:
-    from promptintern.tasks.lm_eval_support import PREFIX, PROMPTS
+def _lm_eval_names(tasks: list[str] | None, prompt: str) -> tuple[list[str], list[str]]:
+    """The registered names of ``tasks`` (names or folders; default: all) and their lm-eval task names."""
+    from promptintern.tasks.lm_eval_support import lm_eval_name, resolve_tasks
 
-    if prompt not in PROMPTS:
-        raise ValueError(f"unknown prompt {prompt!r}; choose from {', '.join(PROMPTS)}")
-    unknown = [t for t in tasks or () if t not in TASK_NAMES]
-    if unknown:
-        raise ValueError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASK_NAMES)}")
-    suffix = "_full" if prompt == "full" else ""
-    return [PREFIX + t + suffix for t in (tasks or TASK_NAMES)]
+    names = resolve_tasks(tasks or None)
+    return names, [lm_eval_name(name, prompt) for name in names]
 
 
 def run_lm_eval(
@@ -46,7 +47,8 @@ def run_lm_eval(
     sandbox: str = "bwrap",
     log_samples: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` (+ ``adapter``) on the suite's tasks; returns ``simple_evaluate``'s dict.
+    """Evaluate ``model`` (+ ``adapter``) on ``tasks`` (registered names or task folders; default: every
+    registered task); returns ``simple_evaluate``'s dict.
 
     ``chat_template=None`` applies the tokenizer's chat template when it has one.
     """
@@ -57,7 +59,7 @@ def run_lm_eval(
     from promptintern.models import load_tokenizer, resolve
     from promptintern.tasks.lm_eval_support import include_path
 
-    names = _lm_eval_names(tasks, prompt)
+    registered, names = _lm_eval_names(tasks, prompt)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
@@ -72,7 +74,7 @@ def run_lm_eval(
     metadata: dict[str, Any] = {"split": split, "sandbox": sandbox}
     if shots is not None:
         metadata["shots"] = shots
-    manager = TaskManager(include_path=include_path(), include_defaults=False, metadata=metadata)
+    manager = TaskManager(include_path=include_path(registered), include_defaults=False, metadata=metadata)
     results = simple_evaluate(
         model="hf",
         model_args=model_args,
@@ -90,6 +92,7 @@ def run_lm_eval(
         "model": model,
         "adapter": str(adapter) if adapter else None,
         "prompt": prompt,
+        "tasks": registered,
         "split": split,
         "limit": limit,
         "chat_template": chat_template,
@@ -106,8 +109,16 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     return {**results.get("promptintern", {}), "metrics": metrics, "n": results.get("n-samples", {})}
 
 
+def _sample_metric(value: Any) -> float | None:
+    """A sample's value of one metric: a number, or the ``value`` of a corpus metric's item."""
+    if isinstance(value, dict):
+        value = value.get("value")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def write_predictions(results: dict[str, Any], directory: Path) -> list[Path]:
-    """``<lm-eval task>.jsonl`` per task: ``task_id``, extracted ``prediction``, raw ``output``, metrics.
+    """``<lm-eval task>.jsonl`` per task: ``task_id``, extracted ``prediction``, raw ``output``, metrics
+    (each metric of the document alone, 0-100).
 
     The files are predictions files of the suite (``promptintern eval --predictions F [--partial]``).
     """
@@ -120,7 +131,8 @@ def write_predictions(results: dict[str, Any], directory: Path) -> list[Path]:
         rows = []
         for s in samples:
             output = s["filtered_resps"][0] if s["filtered_resps"] else ""
-            metrics = {k: s[k] for k in s.get("metrics", []) if k in s and isinstance(s[k], (int, float))}
+            metrics = {k: _sample_metric(s.get(k)) for k in s.get("metrics", [])}
+            metrics = {k: v for k, v in metrics.items() if v is not None}
             rows.append(
                 {"task_id": s["doc"]["id"], "prediction": task.extract(output), "output": output} | metrics
             )
@@ -131,9 +143,7 @@ def write_predictions(results: dict[str, Any], directory: Path) -> list[Path]:
 
 
 def lm_eval_cmd(
-    task: list[str] = typer.Option(
-        None, "--task", "-t", help=f"Tasks (default: all): {', '.join(TASK_NAMES)}."
-    ),
+    task: list[str] = typer.Option(None, "--task", "-t", help=TASK_HELP),
     prompt: str = typer.Option(
         "query", help="query: query-only prompt (PromptIntern); full: template + k examples (untrained)."
     ),
@@ -155,16 +165,34 @@ def lm_eval_cmd(
         help="Apply the chat template (default: when the model has one).",
     ),
     max_new_tokens: int | None = typer.Option(None, help="Override the task's generation length."),
-    sandbox: str = typer.Option("bwrap", help="MBPP execution backend: bwrap or docker."),
+    sandbox: str = typer.Option(
+        "bwrap",
+        help="Execution backend of tasks scored by running code (python_tests: MBPP): bwrap or docker.",
+    ),
     out: Path | None = typer.Option(None, help="Write lm-eval's full results JSON here."),
     predictions_dir: Path | None = typer.Option(
         None, help="Write <task>.jsonl predictions (task_id, prediction, output, metrics) here."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    print_include_path: bool = typer.Option(
+        False,
+        "--print-include-path",
+        help="Print the folder of the generated lm-eval configs of --task (default: all registered tasks), "
+        "for `lm_eval --include_path`, and exit.",
+    ),
 ) -> None:
-    """Evaluate a model on MBPP / NL2F / NL2Bash with lm-evaluation-harness and the suite's metrics."""
+    """Evaluate a model on the suite's tasks (or a task folder) with lm-evaluation-harness and their metrics."""
     from promptintern.io import write_json
 
+    if print_include_path:
+        from promptintern.tasks.lm_eval_support import include_path
+
+        try:
+            typer.echo(include_path(task or None))
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        return
     try:
         results = run_lm_eval(
             task or None,

@@ -87,13 +87,14 @@ class Method:
 
         return load_model(exp.model), load_tokenizer(exp.model)
 
-    def generate(self, exp: Experiment, model, tok, prompts, all_prompts, max_new_tokens: int) -> Iterator:
-        """Generations for ``prompts`` (those still to predict; ``all_prompts``: the whole test subset)."""
+    def generate(self, exp: Experiment, model, tok, prompts, all_prompts, max_new_tokens: int, stop=()) -> Iterator:
+        """Generations for ``prompts`` (those still to predict; ``all_prompts``: the whole test subset), each
+        cut at the first of the task's ``stop`` strings."""
         from promptintern.generate import generate
 
         batch = exp.profile.generation_for(exp.task_name).batch_size
         rendered = [p.render(tok) for p in prompts]
-        return generate(model, tok, rendered, max_new_tokens=max_new_tokens, batch_size=batch)
+        return generate(model, tok, rendered, max_new_tokens=max_new_tokens, batch_size=batch, stop=stop)
 
     def billed_prompt_tokens(self, exp: Experiment, prompt: Prompt, counter) -> int:
         """The request's input tokens as an API would bill them (``counter``: cl100k chat accounting)."""
@@ -135,12 +136,12 @@ class PrefixCached(Fixed):
     """The untrained full prompt served with the key/values of the prefix shared by all test prompts
     computed once and reused (:mod:`promptintern.prefix_cache`)."""
 
-    def generate(self, exp: Experiment, model, tok, prompts, all_prompts, max_new_tokens: int) -> Iterator:
+    def generate(self, exp: Experiment, model, tok, prompts, all_prompts, max_new_tokens: int, stop=()) -> Iterator:
         from promptintern.prefix_cache import PrefixCachedGenerator
 
         cached = PrefixCachedGenerator(model, tok)
         cached.prepare([p.render(tok) for p in all_prompts])  # the whole subset's prefix, so a resume reuses it
-        return cached.generate([p.render(tok) for p in prompts], max_new_tokens=max_new_tokens)
+        return cached.generate([p.render(tok) for p in prompts], max_new_tokens=max_new_tokens, stop=stop)
 
 
 class Compression(Method):
@@ -168,6 +169,9 @@ class Compression(Method):
             backend = get_compressor(self.baseline.compressor, **self.options(exp))
         except LLMLingua2CheckpointError as exc:
             raise BaselineUnavailable(f"{self.name}: {exc}") from None
+        why = backend.unavailable() if hasattr(backend, "unavailable") else None
+        if why:  # e.g. an API model with no key and no endpoint: say so before anything runs
+            raise BaselineUnavailable(f"{self.name}: {why}")
         return TemplateCompressor(backend, whole=True)
 
     def needs_compressor(self, exp: Experiment) -> bool:
@@ -208,11 +212,11 @@ class Gist(Method):
 
         return load_gist_model(exp.model, adapter)
 
-    def generate(self, exp: Experiment, model, tok, prompts, all_prompts, max_new_tokens: int) -> Iterator:
+    def generate(self, exp: Experiment, model, tok, prompts, all_prompts, max_new_tokens: int, stop=()) -> Iterator:
         from promptintern.baselines.gist import generate_gist
 
         num_gist = exp.profile.baselines.gist.num_gist
-        return generate_gist(model, tok, prompts, num_gist=num_gist, max_new_tokens=max_new_tokens)
+        return generate_gist(model, tok, prompts, num_gist=num_gist, max_new_tokens=max_new_tokens, stop=stop)
 
     def billed_prompt_tokens(self, exp: Experiment, prompt: Prompt, counter) -> int:
         """Only the gist tokens and the query are sent; template and examples live in the gists."""
@@ -234,7 +238,32 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     return method
 
 
+#: Installed packages add methods through this entry-point group: each entry point names a :class:`Method`
+#: object (``[project.entry-points."promptintern.methods"] my-method = "my_pkg.methods:MY_METHOD"``).
+ENTRY_POINT_GROUP = "promptintern.methods"
+_PLUGINS: list[str] = []
+
+
+def load_plugins() -> list[str]:
+    """Register the methods of installed plug-ins (once); returns their names."""
+    if _PLUGINS:
+        return _PLUGINS
+    from importlib.metadata import entry_points
+
+    _PLUGINS.append("")  # loaded (a plug-in that fails raises once, with its name)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        method = ep.load()
+        if not isinstance(method, Method):
+            raise ValueError(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}) is not a Method object")
+        if method.name not in _REGISTRY:
+            register_method(method)
+            _PLUGINS.append(method.name)
+    return _PLUGINS[1:]
+
+
 def get_method(name: str) -> Method:
+    if name not in _REGISTRY:
+        load_plugins()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -242,6 +271,7 @@ def get_method(name: str) -> Method:
 
 
 def method_names() -> tuple[str, ...]:
+    load_plugins()
     return tuple(_REGISTRY)
 
 
@@ -256,4 +286,4 @@ for _name, _baseline in COMPRESSION_BASELINES.items():
 register_method(Gist())
 
 #: The built-in methods, in registration order (tables, CLI help).
-METHODS = method_names()
+METHODS = tuple(_REGISTRY)

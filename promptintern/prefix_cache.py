@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from promptintern.generate import Generation, _truncate
+from promptintern.generate import Generation, cut_at_stop
 
 
 @dataclass
@@ -162,7 +162,7 @@ class PrefixCachedGenerator:
             new = out[0, len(ids) :]
             new = new[new != tok.pad_token_id] if tok.pad_token_id is not None else new
             text = tok.decode(new, skip_special_tokens=True)
-            yield CachedGeneration(_truncate(text, stop), len(ids), int(new.numel()), elapsed, keep)
+            yield CachedGeneration(cut_at_stop(text, stop), len(ids), int(new.numel()), elapsed, keep)
 
     def stats(self) -> dict[str, float | int]:
         """The one-off prefix cost, for reports."""

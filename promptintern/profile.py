@@ -7,11 +7,13 @@ name the file and the field path.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 
@@ -70,21 +72,34 @@ class BaselineSpec(_Strict):
     gist: GistSpec = GistSpec()
 
 
-class TrainSpec(_Strict):
-    """Overrides of :class:`promptintern.train.TrainConfig`; ``None`` keeps that class's default."""
+@dataclass
+class TrainSettings:
+    """LoRA and Trainer settings a profile can set, with their defaults (the trainer's
+    :class:`~promptintern.train.TrainConfig` extends it with the run's model, folder and machine)."""
 
-    lora_r: int | None = None
-    lora_alpha: int | None = None
-    lora_dropout: float | None = None
-    target_modules: tuple[str, ...] | None = None
-    learning_rate: float | None = None
-    epochs_per_stage: float | None = None
-    batch_size: int | None = None
-    gradient_accumulation_steps: int | None = None
-    max_length: int | None = None
-    save_steps: int | None = None
-    lr_scheduler_type: str | None = None
-    logging_steps: int | None = None
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    learning_rate: float = 2e-4
+    epochs_per_stage: float = 1.0
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_length: int = 4096
+    save_steps: int = 200
+    lr_scheduler_type: str = "linear"
+    logging_steps: int = 10
+
+
+def overrides_of(settings: type, name: str) -> type[BaseModel]:
+    """A strict pydantic model with every field of the dataclass ``settings`` optional (``None`` = keep the
+    default): a profile section that overrides it, derived rather than copied by hand."""
+    hints = get_type_hints(settings)
+    fields = {f.name: (hints[f.name] | None, None) for f in dataclasses.fields(settings)}
+    return create_model(name, __base__=_Strict, __doc__=f"Overrides of :class:`{settings.__name__}`.", **fields)
+
+
+TrainSpec = overrides_of(TrainSettings, "TrainSpec")
 
 
 class GenerationSpec(_Strict):
@@ -128,10 +143,19 @@ class Profile(_Strict):
     baselines: BaselineSpec = BaselineSpec()
     train: TrainSpec = TrainSpec()
     generation: GenerationSpec = GenerationSpec()
+    #: Task folders to register before ``tasks`` is checked (paths relative to the profile file).
+    include_path: tuple[str, ...] = ()
+    #: The section of every task without its own; a task's section overrides it key by key.
+    task_defaults: TaskSpec = TaskSpec()
     tasks: dict[str, TaskSpec] = Field(default_factory=dict)
 
     def task(self, name: str) -> TaskSpec:
-        return self.tasks.get(name, TaskSpec())
+        own = self.tasks.get(name)
+        if own is None:
+            return self.task_defaults
+        return TaskSpec.model_validate(
+            _merge(self.task_defaults.model_dump(exclude_defaults=True), own.model_dump(exclude_defaults=True))
+        )
 
     def train_for(self, task: str) -> TrainSpec:
         overrides = self.task(task).train.model_dump(exclude_none=True)
@@ -142,6 +166,14 @@ class Profile(_Strict):
         return GenerationSpec.model_validate(self.generation.model_dump() | overrides)
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 class ProfileError(ValueError):
     """A profile file is missing or invalid."""
 
@@ -150,8 +182,7 @@ def available() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
 
-def load_profile(name_or_path: str) -> Profile:
-    """A built-in profile by name, or a YAML file by path."""
+def _profile_path(name_or_path: str, relative_to: Path | None = None) -> Path:
     path = Path(name_or_path)
     if not path.suffix:
         path = PROFILE_DIR / f"{name_or_path}.yaml"
@@ -159,25 +190,62 @@ def load_profile(name_or_path: str) -> Profile:
             raise ProfileError(
                 f"unknown profile {name_or_path!r}; choose from {', '.join(available())} or give a path"
             )
+    elif relative_to is not None and not path.is_absolute():
+        path = relative_to / path
+    return path
+
+
+def _read_profile(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A profile file's mapping with its ``extends`` chain merged under it (paths made absolute)."""
+    if path.resolve() in chain:
+        raise ProfileError(f"{path}: extends itself (through {' -> '.join(map(str, chain))})")
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
     except (OSError, yaml.YAMLError) as exc:
         raise ProfileError(f"{path}: {exc}") from exc
-    return validate_profile(data, str(path))
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: expected a mapping of profile keys")
+    if isinstance(data.get("include_path"), list):  # relative to the profile file
+        data["include_path"] = [str((path.parent / str(p)).resolve()) for p in data["include_path"]]
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ProfileError(f"{path}: extends: expected a profile name or path, got {base!r}")
+    parent = _read_profile(_profile_path(base, path.parent), (*chain, path.resolve()))
+    parent.pop("description", None)
+    if "include_path" in data and "include_path" in parent:
+        data["include_path"] = parent["include_path"] + data["include_path"]
+    return _merge(parent, data)
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A built-in profile by name, or a YAML file by path. A profile may start from another one with
+    ``extends: <name or path>`` (its keys are merged over the other's, nested sections key by key)."""
+    path = _profile_path(name_or_path)
+    return validate_profile(_read_profile(path), str(path))
 
 
 def validate_profile(data: Any, where: str) -> Profile:
     """``data`` as a :class:`Profile`; every problem is reported in one :class:`ProfileError` that starts
-    with ``where`` (a file, or the overrides applied) and names each field path, unknown task keys included."""
-    from promptintern.tasks import TASK_NAMES
+    with ``where`` (a file, or the overrides applied) and names each field path, unknown task keys included.
+    The folders of ``include_path`` are registered first, so their tasks may have sections."""
+    from promptintern.tasks import include_path, task_names
 
+    problems = []
+    folders = data.get("include_path") if isinstance(data, dict) else None
+    for folder in folders if isinstance(folders, list) else ():
+        try:
+            include_path(folder)
+        except ValueError as exc:
+            problems.append(f"include_path: {exc}")
     tasks = data.get("tasks") if isinstance(data, dict) else None
-    choices = ", ".join(TASK_NAMES)
-    problems = [
-        f"tasks.{name}: unknown task (choose from {choices})"
+    known = task_names()
+    problems += [
+        f"tasks.{name}: unknown task (choose from {', '.join(known)}, or register its folder with include_path)"
         for name in (tasks if isinstance(tasks, dict) else {})
-        if name not in TASK_NAMES
+        if name not in known
     ]
     try:
         profile = Profile.model_validate(data)

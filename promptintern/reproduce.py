@@ -22,6 +22,7 @@ invocation, appended, so a cached rerun does not hide the wall time of the run t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import json
 import sys
@@ -344,10 +345,12 @@ def reproduce(
     spec_dir: str | Path | None = None,
     sizing: str | Path | bool | None = None,
     command: str | None = None,
+    tasks: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """Run, record and render ``tables`` (default: every spec) for ``profile``; returns a summary.
 
     ``sizing``: None/True uses ``benchmarks/tables/reproduce.yaml``, a path another file, False none.
+    ``tasks``: names or folders that replace every table's tasks (the sizing's task subset is then ignored).
     ``store``: default ``$PROMPTINTERN_HOME/results.sqlite``. ``out``: default ``results/<profile>``.
     """
     from promptintern import plots
@@ -356,6 +359,12 @@ def reproduce(
     profile = load_profile(profile) if isinstance(profile, str) else profile
     specs = load_specs(tables, spec_dir)
     size = None if sizing is False else load_sizing(profile.name, None if sizing in (None, True) else sizing)
+    if tasks:
+        from promptintern.tasks import resolve_task
+
+        chosen = tuple(resolve_task(t) for t in tasks)
+        specs = [spec.model_copy(update={"tasks": chosen}) for spec in specs]
+        size = dataclasses.replace(size, tasks=None) if size else None
     base = apply_overrides(profile, size.overrides if size else None)
     price_list = load_prices(prices)
     model_name = model or base.model
@@ -474,6 +483,9 @@ def reproduce_cmd(
     full: bool = typer.Option(
         False, "--full", help="Ignore benchmarks/tables/reproduce.yaml (all tasks and rows)."
     ),
+    tasks: list[str] = typer.Option(
+        None, "--task", "-t", help="A task name or folder replacing the tables' tasks; repeatable."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output on stderr."),
 ) -> None:
     """Run every experiment of the paper tables (cached), record them in the results store, render tables."""
@@ -482,6 +494,7 @@ def reproduce_cmd(
     parts = ["promptintern reproduce", f"--profile {profile}", f"--tables {tables}"]
     parts += [f"--{k} {v}" for k, v in (("out", out), ("prices", prices), ("model", model)) if v is not None]
     parts += ["--full"] if full else []
+    parts += [f"--task {t}" for t in tasks or ()]
     with contextlib.redirect_stdout(sys.stderr):  # library chatter stays off stdout
         summary = reproduce(
             profile,
@@ -492,5 +505,6 @@ def reproduce_cmd(
             prices=prices,
             sizing=False if full else None,
             command=" ".join(parts),
+            tasks=tasks or None,
         )
     typer.echo(json.dumps({k: summary[k] for k in ("profile", "model", "rows", "wall_s", "files")}, indent=2))

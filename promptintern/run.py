@@ -15,6 +15,7 @@ achieved, input tokens (the model's and cl100k), latency, context-fitting counts
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from promptintern.baselines import BaselineUnavailable
 from promptintern.io import atomic_write_text, write_json
 from promptintern.methods import METHODS, Method, get_method  # noqa: F401 (METHODS re-exported)
 from promptintern.paths import home
-from promptintern.profile import Profile, TrainSpec
+from promptintern.profile import Profile, TrainSettings
 from promptintern.schedule import Schedule, example_counts
 from promptintern.stages import (
     ContextBudget,
@@ -39,7 +40,7 @@ from promptintern.stages import (
     plan_stages,
     stage_prompt,
 )
-from promptintern.tasks import Instance, Task, Template, get_task
+from promptintern.tasks import Instance, Task, Template, get_task, resolve_task
 
 
 def _slug(model: str) -> str:
@@ -56,6 +57,7 @@ class Experiment:
     full_test: bool = False
 
     def __post_init__(self) -> None:
+        self.task_name = resolve_task(self.task_name)  # a task folder is registered under its task.yaml name
         self.spec: Method = get_method(self.method)
         self.model = self.model or self.profile.model
 
@@ -80,7 +82,7 @@ class Experiment:
 
     @property
     def shots(self) -> int:
-        return self.profile.task(self.task_name).shots or self.task.paper_shots[0]
+        return self.profile.task(self.task_name).shots or self.task.shots
 
     @property
     def baseline(self):
@@ -164,7 +166,7 @@ class Experiment:
             "task_options": p.task(self.task_name).options,
             "template_variant": p.template,
             "template": keys.template_identity(self.task.template()),
-            "metric_version": self.task.metric_version,
+            "task_identity": self.task.identity(),
             "method": self.method,
             "model": self.model,
             "model_identity": keys.model_identity(self.model),
@@ -188,7 +190,11 @@ class Experiment:
 
     def _generation_settings(self) -> dict[str, Any]:
         gen = self.profile.generation_for(self.task_name).model_dump(exclude={"merge_adapter"})
-        return gen | {"max_new_tokens": self.max_new_tokens, "merge_adapter": self.merges_adapter}
+        return gen | {
+            "max_new_tokens": self.max_new_tokens,
+            "stop": list(self.task.stop),
+            "merge_adapter": self.merges_adapter,
+        }
 
     @property
     def max_new_tokens(self) -> int:
@@ -285,7 +291,7 @@ class Experiment:
     def _effective_train(self) -> dict[str, Any]:
         """Every profile-settable training field with its effective value (defaults included)."""
         config = self.train_config(output_dir=Path("."))
-        return {name: getattr(config, name) for name in TrainSpec.model_fields}
+        return {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainSettings)}
 
     # -- steps ------------------------------------------------------------------------------------
     @contextmanager
@@ -317,7 +323,7 @@ class Experiment:
 
     def _generations(self, model, tok, prompts, all_prompts):
         """Generations for ``prompts`` (those still to predict); ``all_prompts``: the whole test subset's."""
-        return self.spec.generate(self, model, tok, prompts, all_prompts, self.max_new_tokens)
+        return self.spec.generate(self, model, tok, prompts, all_prompts, self.max_new_tokens, self.task.stop)
 
     def predict(self, progress: bool = True) -> Path:
         """Greedy predictions for the test subset, appended line by line and resumed by id."""
@@ -391,7 +397,7 @@ class Experiment:
         score = self.task.score(
             self.test_set, {k: r.prediction for k, r in records.items()}, progress=progress, **score_options
         )
-        lo, hi = confidence_interval(score)
+        lo, hi = confidence_interval(self.task, score)
         result = score.to_dict() | {
             "value": score.value,
             "ci95": [lo, hi],

@@ -21,8 +21,15 @@ from promptintern.prompt import Prompt, build_prompt
 from promptintern.retrieve import ExampleRetriever
 from promptintern.schedule import Schedule, example_counts
 from promptintern.tasks import Instance, Task, Template
-from promptintern.train import TrainExample
 
+
+@dataclass(frozen=True)
+class TrainExample:
+    """One training instance at one stage: the stage's prompt and the assistant answer."""
+
+    id: str
+    prompt: Prompt
+    answer: str
 
 @dataclass(frozen=True)
 class StagePlan:

@@ -30,17 +30,21 @@ def mean_ci(values: Sequence[float], **kwargs) -> tuple[float, float]:
     return bootstrap_ci(len(arr), lambda idx: float(arr[idx].mean()), **kwargs)
 
 
-def corpus_bleu_ci(predictions: Sequence[str], references: Sequence[str], **kwargs) -> tuple[float, float]:
-    """Bootstrap interval of sacrebleu corpus BLEU (instances resampled, BLEU recomputed).
+def corpus_ci(scorer, predictions: Sequence[str], references: Sequence[str], **kwargs) -> tuple[float, float]:
+    """Bootstrap interval of a sacrebleu corpus metric (``BLEU``, ``CHRF``): instances resampled, score recomputed.
 
-    Corpus BLEU depends only on the summed per-sentence n-gram statistics, so each sentence is tokenised and
-    counted once (sacrebleu's own statistics) and every resample sums rows: the same values as re-scoring the
-    resampled corpus (tested), about 1000x faster on NL2Bash's 621 test commands.
+    A corpus score depends only on the summed per-sentence statistics, so each sentence is tokenised and counted
+    once (sacrebleu's own statistics) and every resample sums rows: the same values as re-scoring the resampled
+    corpus (tested), about 1000x faster on NL2Bash's 621 test commands.
     """
+    stats = np.asarray(scorer._extract_corpus_statistics(list(predictions), [list(references)]), dtype=np.int64)
+    return bootstrap_ci(
+        len(stats), lambda idx: float(scorer._compute_score_from_stats(stats[idx].sum(axis=0)).score), **kwargs
+    )
+
+
+def corpus_bleu_ci(predictions: Sequence[str], references: Sequence[str], **kwargs) -> tuple[float, float]:
+    """:func:`corpus_ci` of sacrebleu's default BLEU."""
     from sacrebleu.metrics import BLEU
 
-    bleu = BLEU()
-    stats = np.asarray(bleu._extract_corpus_statistics(list(predictions), [list(references)]), dtype=np.int64)
-    return bootstrap_ci(
-        len(stats), lambda idx: float(bleu._compute_score_from_stats(stats[idx].sum(axis=0)).score), **kwargs
-    )
+    return corpus_ci(BLEU(), predictions, references, **kwargs)

@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from promptintern.predictions import Prediction, PredictionsError, read_predictions
-from promptintern.tasks import TASK_NAMES, Instance, Task, TaskScore, get_task
+from promptintern.tasks import PAPER_TASKS, Instance, Task, TaskScore, get_task
 
 if TYPE_CHECKING:
     from promptintern.store import ResultsStore
@@ -338,9 +338,9 @@ def load_submission(path: str | Path) -> Submission:
         else:
             for entry in sorted(pred_dir.iterdir()):
                 rel = f"{PREDICTIONS_DIR}/{entry.name}"
-                if entry.suffix != ".jsonl" or entry.stem not in TASK_NAMES:
+                if entry.suffix != ".jsonl" or entry.stem not in PAPER_TASKS:
                     problems.append(
-                        f"{rel}: unexpected file; expected <task>.jsonl, task one of {', '.join(TASK_NAMES)}"
+                        f"{rel}: unexpected file; expected <task>.jsonl, task one of {', '.join(PAPER_TASKS)}"
                     )
                 elif entry.is_symlink() or not entry.is_file():
                     problems.append(f"{rel}: not a regular file (links are not allowed)")
@@ -348,7 +348,7 @@ def load_submission(path: str | Path) -> Submission:
                     names.append(entry.stem)
             if not names:
                 problems.append(
-                    f"{PREDICTIONS_DIR}/: no predictions file (<task>.jsonl, task one of {', '.join(TASK_NAMES)})"
+                    f"{PREDICTIONS_DIR}/: no predictions file (<task>.jsonl, task one of {', '.join(PAPER_TASKS)})"
                 )
         versions: dict[str, str] = {}
         tasks = {n: entry for n in names if (entry := _read_task(root, n, problems, versions)) is not None}
@@ -360,11 +360,11 @@ def load_submission(path: str | Path) -> Submission:
 
 
 # -- scoring -------------------------------------------------------------------------------------------
-def score_ci(score: TaskScore, *, resamples: int = CI_RESAMPLES) -> tuple[float, float]:
+def score_ci(task: Task, score: TaskScore, *, resamples: int = CI_RESAMPLES) -> tuple[float, float]:
     """95 % bootstrap interval of the primary metric (:func:`promptintern.evaluate.confidence_interval`)."""
     from promptintern.evaluate import confidence_interval
 
-    return confidence_interval(score, resamples=resamples)
+    return confidence_interval(task, score, resamples=resamples)
 
 
 def score_submission(
@@ -379,7 +379,7 @@ def score_submission(
         score = evaluate(
             entry.task, entry.instances, preds, backend=backend, workers=workers, progress=progress
         )
-        lo, hi = score_ci(score)
+        lo, hi = score_ci(entry.task, score)
         results[name] = TaskResult(
             task=name,
             metric=score.primary,

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import typer
 
-from promptintern.tasks import TASK_NAMES
-
 
 def _store_option() -> Path | None:
     return typer.Option(None, "--store", help="Results store (default $PROMPTINTERN_HOME/results.sqlite).")
@@ -77,7 +75,7 @@ def leaderboard_cmd(
 
 
 def data_export_cmd(
-    task: str = typer.Option(..., "--task", "-t", help=f"One of: {', '.join(TASK_NAMES)}"),
+    task: str = typer.Option(..., "--task", "-t", help="A task name or a task folder."),
     split: str = typer.Option("test", help="Split to export."),
     references: bool = typer.Option(False, "--references", help="Export the gold references (required)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write here instead of standard output."),

@@ -29,14 +29,13 @@ from promptintern.io import atomic_write_text, write_json
 from promptintern.paths import REPO_ROOT
 from promptintern.provenance import describe_hardware, environment, utc_now
 from promptintern.store import ResultsStore, RunRow
+from promptintern.tasks import task_title
 
 #: Table specs: ``benchmarks/tables`` in a checkout; installed as ``promptintern/experiments`` from a wheel.
 SPEC_DIR = next(
     (d for d in (REPO_ROOT / "benchmarks" / "tables", Path(__file__).parent / "experiments") if d.is_dir()),
     REPO_ROOT / "benchmarks" / "tables",
 )
-TASK_TITLES = {"mbpp": "MBPP", "nl2f": "NL2F", "nl2bash": "NL2Bash"}
-METRIC_TITLES = {"pass@1": "pass@1", "em": "EM", "bleu": "BLEU"}
 #: Longest reason shown in a Markdown cell (CSV and JSON keep the whole text).
 MD_REASON_CHARS = 160
 CSV_FIELDS = (
@@ -117,11 +116,11 @@ class TableSpec(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        from promptintern.tasks import TASK_NAMES
+        from promptintern.tasks import task_names
 
-        bad = [t for t in v if t not in TASK_NAMES]
+        bad = [t for t in v if t not in task_names()]
         if bad:
-            raise ValueError(f"unknown task(s) {', '.join(bad)}; choose from {', '.join(TASK_NAMES)}")
+            raise ValueError(f"unknown task(s) {', '.join(bad)}; choose from {', '.join(task_names())}")
         return v
 
     def model_post_init(self, _context: Any) -> None:
@@ -205,25 +204,21 @@ def _ok(row: RunRow | None) -> RunRow | None:
     return row if row is not None and row.status == "ok" else None
 
 
-def task_metric(task: str, rows: Sequence[RunRow] = ()) -> str:
-    """The task's primary metric name (from its rows, else from the task class)."""
-    for r in rows:
-        if r.task == task and r.metric:
-            return r.metric
+def metric_title(task: str) -> str:
+    """How the task's primary metric is printed (``EM``, ``BLEU``, ``pass@1``), from its registration."""
     from promptintern.tasks import get_task
 
-    return get_task(task).primary_metric
+    return get_task(task).metric.title
 
 
 def header(spec: TableSpec, rows: Sequence[RunRow] = ()) -> list[str]:
     cols = ["Method"]
     for t in spec.tasks:
-        name = TASK_TITLES.get(t, t)
+        name = task_title(t)
         if spec.layout == "latency":
             cols += [f"{name} latency (s)", f"{name} speedup", f"{name} $/1K inst (ft gpt-3.5)"]
         else:
-            metric = task_metric(t, rows)
-            cols += [f"{name} {METRIC_TITLES.get(metric, metric)}", f"{name} tokens", f"{name} ×"]
+            cols += [f"{name} {metric_title(t)}", f"{name} tokens", f"{name} ×"]
             if spec.rates:
                 cols.append(f"{name} τ req → ach")
     return cols
@@ -299,7 +294,7 @@ def _footer(rows: Sequence[RunRow], command: str | None, rendered_at: str) -> li
     ns = sorted({(r.task, r.n) for r in rows if r.status == "ok" and r.n is not None})
     if ns:
         lines.append(
-            "Test instances per cell: " + ", ".join(f"{TASK_TITLES.get(t, t)} n = {n}" for t, n in ns) + "."
+            "Test instances per cell: " + ", ".join(f"{task_title(t)} n = {n}" for t, n in ns) + "."
         )
     seeds = sorted({r.seed for r in rows})
     prov = [r.provenance for r in rows if r.provenance]
@@ -350,14 +345,14 @@ def render_markdown(
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if spec.layout == "latency":
-        refs = [f"{TASK_TITLES.get(t, t)}: {r.label or r.method}" for t, r in grid.reference.items()]
+        refs = [f"{task_title(t)}: {r.label or r.method}" for t, r in grid.reference.items()]
         lines += [f"Speedup reference: {'; '.join(refs) if refs else 'none with a result'}.", ""]
         for task in spec.tasks:
             found = grid.saving(task)
             if found:
                 row, ref, saved = found
                 lines += [
-                    f"{TASK_TITLES.get(task, task)}: {row.label or row.method} costs {100 * saved:.1f} % less "
+                    f"{task_title(task)}: {row.label or row.method} costs {100 * saved:.1f} % less "
                     f"than {ref.label or ref.method} at fine-tuned gpt-3.5-turbo prices (cl100k counts of the "
                     "actual inputs and outputs; the paper reports 88.3 % lower cost, baseline not stated).",
                     "",

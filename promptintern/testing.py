@@ -67,3 +67,54 @@ def save_tiny_llama(
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def write_task_folder(root: Path, name: str = "reverse", n_train: int = 8, n_test: int = 4, **task_keys) -> Path:
+    """A small folder task under ``root/name`` (no Python): reverse a word. ``task_keys`` replace keys of its
+    ``task.yaml`` (a key set to None is removed). Returns the folder."""
+    import json
+
+    import yaml
+
+    folder = Path(root) / name
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    words = ["apple", "banana", "cherry", "delta", "echo", "falcon", "guitar", "harbor", "island", "jungle",
+             "kettle", "lemon", "meadow", "nickel", "orange", "pepper"]  # fmt: skip
+    for split, rows in (("train", words[:n_train]), ("test", words[n_train : n_train + n_test])):
+        lines = [json.dumps({"id": f"{split}-{i}", "word": w, "reversed": w[::-1]}) for i, w in enumerate(rows)]
+        (folder / "data" / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spec = {
+        "name": name,
+        "title": "Reverse",
+        "description": "Reverse a word (a test task).",
+        "data": {"train": "data/train.jsonl", "test": "data/test.jsonl"},
+        "fields": {"id": "id", "query": "word", "answer": "reversed"},
+        "query_format": "[W] {query} [/W]",
+        "metric": "exact_match",
+        "shots": 2,
+        "max_new_tokens": 12,
+        "stop": ["\n[W]"],
+    }
+    for key, value in task_keys.items():
+        if value is None:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    (folder / "task.yaml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    (folder / "documents.yaml").write_text(
+        yaml.safe_dump([
+            {"name": "reverse", "signature": "reverse(word)", "meaning": "the letters of word in reverse order",
+             "example": "reverse(abc) = cba"},
+            {"name": "length", "signature": "len(word)", "meaning": "the number of letters", "example": "len(abc) = 3"},
+        ]),  # fmt: skip
+        encoding="utf-8",
+    )
+    (folder / "template.yaml").write_text(
+        yaml.safe_dump({
+            "instruction": "You reverse words.\n+ Keep every letter.\nOutput format: the reversed word in a ```text block.",
+            "documents": {"header": "Functions you may use:", "file": "documents.yaml"},
+            "answer_format": "```text\n{answer}\n```",
+        }),  # fmt: skip
+        encoding="utf-8",
+    )
+    return folder

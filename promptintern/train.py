@@ -45,7 +45,8 @@ from typing import Any
 from promptintern.collate import PadCollator, encode, end_of_turn
 from promptintern.io import write_json
 from promptintern.models import load_model, load_tokenizer
-from promptintern.prompt import Prompt
+from promptintern.profile import TrainSettings
+from promptintern.stages import TrainExample
 
 log = logging.getLogger(__name__)
 
@@ -53,37 +54,17 @@ DONE = "DONE"
 CONFIG_FILE = "config.json"
 
 
-@dataclass(frozen=True)
-class TrainExample:
-    """One training instance at one stage: the stage's prompt and the assistant answer."""
-
-    id: str
-    prompt: Prompt
-    answer: str
-
-
-@dataclass
-class TrainConfig:
-    """LoRA and Trainer settings shared by all stages (every field but ``output_dir`` is fingerprinted)."""
+@dataclass(kw_only=True)
+class TrainConfig(TrainSettings):
+    """LoRA and Trainer settings shared by all stages (every field but ``output_dir`` is fingerprinted): the
+    profile-settable :class:`~promptintern.profile.TrainSettings` plus the run's model, folder and machine."""
 
     model: str
     output_dir: Path
-    lora_r: int = 32
-    lora_alpha: int = 64
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    learning_rate: float = 2e-4
-    epochs_per_stage: float = 1.0
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    max_length: int = 4096
-    save_steps: int = 200
     seed: int = 0
     device: str | None = None
     dtype: str | None = None
-    lr_scheduler_type: str = "linear"
     save_total_limit: int | None = 2
-    logging_steps: int = 10
 
 
 @dataclass(frozen=True)
@@ -157,7 +138,7 @@ def _check_or_record(out: Path, current: dict) -> None:
             raise ConfigMismatchError(
                 f"{out} holds stage folders but no {CONFIG_FILE}; use a fresh output_dir"
             )
-        if _is_main():
+        if is_main_process():
             _write_json(path, current)
         return
     recorded = json.loads(path.read_text())
@@ -192,7 +173,7 @@ def _check_or_record(out: Path, current: dict) -> None:
 # ---------------------------------------------------------------- files and processes
 
 
-def _is_main() -> bool:
+def is_main_process() -> bool:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -464,7 +445,7 @@ def train_progressive(
             _train_stage(index, examples, config, tokenizer, eot, previous, progress, callbacks, hooks)
         previous = stage_dir / "adapter"
     final = out / "adapter"
-    if _is_main():
+    if is_main_process():
         tmp = out / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(previous, tmp)

@@ -6,6 +6,7 @@ one instance's question and answer, the extraction of an answer from model outpu
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ class TaskScore:
     per_instance: list[dict[str, Any]]
     primary: str
     signature: str | None = None
+    #: The registered name of the metric that produced it.
+    metric: str | None = None
 
     @property
     def value(self) -> float:
@@ -71,22 +74,22 @@ class TaskScore:
             "primary": self.primary,
             "metrics": self.metrics,
             "signature": self.signature,
+            "metric": self.metric,
             "n": len(self.per_instance),
         }
 
 
 class Task(ABC):
-    """Base class; subclasses set ``name`` and implement loading, extraction and scoring."""
+    """Base class of every task; what it is (name, titles, metric, k, generation length, stop strings) comes
+    from the ``task.yaml`` of its folder (:class:`~promptintern.tasks.spec.TaskFile`).
 
-    name: str = ""
-    display_name: str = ""
+    Built-in tasks subclass it for their loaders and answer extractors; a folder task
+    (:class:`~promptintern.tasks.folder.FolderTask`) needs no Python.
+    """
+
     splits: tuple[str, ...] = ("train", "validation", "test")
-    primary_metric: str = ""
-    max_new_tokens: int = 256
-    #: The paper's example counts per stage for this task (k for the full-prompt stage first).
-    paper_shots: tuple[int, ...] = (10, 5, 0)
-    #: Version of the metric and the answer extractor; bumped whenever a score could change, so cached run
-    #: keys that include it are invalidated.
+    #: Version of the answer extractor and of a built-in metric's normalisation; bumped whenever a score could
+    #: change, so cached run keys that include it are invalidated.
     metric_version: str = "1"
     #: Prompt template variant (see :data:`TEMPLATE_FILES`); set per instance by the constructor.
     template_variant: str = "paper"
@@ -96,12 +99,65 @@ class Task(ABC):
 
     @property
     def directory(self) -> Path:
-        return Path(__file__).resolve().parent / self.name
+        """The task's folder (``task.yaml``, templates, documents): a built-in's package folder."""
+        return Path(sys.modules[type(self).__module__].__file__).resolve().parent
+
+    @cached_property
+    def spec(self):
+        from promptintern.tasks.spec import TASK_FILE, read_task_file
+
+        return read_task_file(self.directory / TASK_FILE)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def title(self) -> str:
+        """Short name for table headers (``NL2F``)."""
+        return self.spec.title or self.spec.name
+
+    @property
+    def display_name(self) -> str:
+        """Name of the dataset as served (``NL2F-Spider``)."""
+        return self.spec.display_name or self.title
+
+    @property
+    def shots(self) -> int:
+        """k: the examples of the full prompt and of PromptIntern's first stage (the paper's value)."""
+        return self.spec.shots
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.spec.max_new_tokens
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        """Strings that end a generation (the runner and lm-eval both use them)."""
+        return tuple(self.spec.stop)
+
+    @cached_property
+    def metric(self):
+        """The task's :class:`~promptintern.tasks.metrics.Metric`."""
+        from promptintern.tasks.metrics import get_metric
+
+        return get_metric(self.spec.metric, self.directory)
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metric.primary
+
+    def identity(self) -> dict[str, Any]:
+        """What enters a run key besides the instances and the template: the declaration and the metric."""
+        return {"spec": self.spec.identity, "metric": self.metric.identity(), "metric_version": self.metric_version}
 
     @property
     def template_file(self) -> Path:
         """The YAML file of this task's template variant."""
-        return self.directory / TEMPLATE_FILES[self.template_variant]
+        path = self.directory / TEMPLATE_FILES[self.template_variant]
+        if not path.is_file():
+            raise ValueError(f"task {self.name!r} has no {self.template_variant!r} template ({path} not found)")
+        return path
 
     @cached_property
     def config(self) -> dict[str, Any]:
@@ -154,9 +210,19 @@ class Task(ABC):
         return None
 
     # -- evaluation -------------------------------------------------------------------------------
-    @abstractmethod
     def extract(self, output: str) -> str:
-        """The answer contained in raw model output."""
+        """The answer contained in raw model output: the text inside the template's ``answer_format`` (e.g.
+        a fenced block) when the output has its opening part, else the output without surrounding space."""
+        head, _, tail = self.config.get("answer_format", "{answer}").partition("{answer}")
+        text = output.strip()
+        head, tail = head.strip(), tail.strip()
+        if head and head in text:
+            text = text.split(head, 1)[1]
+            if tail and tail in text:
+                text = text.split(tail, 1)[0]
+        elif tail and text.endswith(tail):
+            text = text[: -len(tail)]
+        return text.strip()
 
     def predictions_for(self, instances: Sequence[Instance], predictions: Mapping[str, str]) -> list[str]:
         """The prediction of every instance, in order; raises ``ValueError`` naming ids with none."""
@@ -166,8 +232,6 @@ class Task(ABC):
             raise ValueError(f"{self.name}: no prediction for id(s) {', '.join(missing[:10])}{more}")
         return [predictions[i.id] or "" for i in instances]
 
-    @abstractmethod
-    def score(
-        self, instances: Sequence[Instance], predictions: Mapping[str, str], **options: Any
-    ) -> TaskScore:
-        """Score predictions (already extracted) against ``instances``; ids must match."""
+    def score(self, instances: Sequence[Instance], predictions: Mapping[str, str], **options: Any) -> TaskScore:
+        """Score predictions (already extracted) against ``instances`` with the task's metric; ids must match."""
+        return self.metric.score(self, instances, predictions, **options)

@@ -1,22 +1,36 @@
-"""lm-evaluation-harness (0.4.13) glue for MBPP, NL2F and NL2Bash: documents, prompts and metrics.
+"""lm-evaluation-harness (0.4.13) glue for every registered task: generated configs, documents, prompts, metrics.
 
-The YAML configs under ``tasks/<task>/lm_eval/`` point here with ``!function``. Documents come from the
-suite's own loaders (``get_task(name).load(split)``, nothing is downloaded); prompts are the suite's
-:class:`~promptintern.prompt.Prompt` (query only, or full template + k BLEU-retrieved training examples as
-``zero-shot-full`` builds them); answers go through ``Task.extract`` and are scored by ``Task.score``.
+Nothing here is per task. :func:`include_path` writes one lm-eval YAML config per registered task and prompt
+(``promptintern_<task>``: query only; ``promptintern_<task>_full``: full template + k examples) into a
+content-keyed cache folder and returns it for ``--include_path`` / ``TaskManager(include_path=...)``; the
+built-ins and user task folders (``promptintern lm-eval --task ./my-task``) are served alike.
 
-Differences from lm-eval's own tasks: the context is rendered by :class:`PromptInternTask` exactly as the
-suite renders it (template in the system turn; ``Prompt.to_text()`` without a chat template), so lm-eval's
-``num_fewshot`` sampler is not used (shots come from the ``_full`` variants). Scores keep the suite's 0-100
-scale. Options (``--metadata`` JSON / ``TaskManager(metadata=...)``): ``split`` (default ``test``),
-``shots`` (k of the ``_full`` variants; default the task's paper k), ``retrieval_fraction``, ``seed``,
-``sandbox`` (MBPP backend: ``bwrap`` or ``docker``) and ``task_options`` (``{"nl2f": {"source": ...}}``).
+- Documents come from the suite's own loaders (``get_task(ref).load(split)``, nothing is downloaded).
+- The context is the suite's :class:`~promptintern.prompt.Prompt`, rendered by :class:`PromptInternTask`
+  exactly as the suite renders it (template in the system turn; ``Prompt.to_text()`` without a chat
+  template), so lm-eval's ``num_fewshot`` sampler is not used (shots come from the ``_full`` variants).
+- Generation length and stop strings are the task's (``max_new_tokens``, ``stop`` in its ``task.yaml``):
+  :class:`PromptInternTask` fills ``generation_kwargs`` from the task unless the config sets them.
+- Answers go through ``Task.extract``; :func:`process_results` scores each document with ``Task.score`` and
+  :func:`corpus_metric` aggregates all documents' rows with the task's metric object (its corpus
+  aggregation, as ``Task.score`` over all of them does), so the primary metric keeps its name (``pass@1``,
+  ``em``, ``bleu``, ``exact_match``, ...) and the suite's 0-100 scale. The metric's per-instance means
+  (``extra_fields`` such as NL2F's ``em_raw``; a corpus metric's sentence scores, ``sentence_bleu``) are
+  lm-eval ``mean`` metrics next to it.
+
+Options (``--metadata`` JSON / ``TaskManager(metadata=...)``): ``split`` (default ``test``), ``shots`` (k
+of the ``_full`` variants; default the task's k), ``retrieval_fraction``, ``seed``, ``sandbox`` (backend of
+``python_tests`` metrics: ``bwrap`` or ``docker``) and ``task_options`` (``{"nl2f": {"source": ...}}``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,27 +38,160 @@ from typing import Any
 from lm_eval.api.task import ConfigurableTask
 
 from promptintern.prompt import Prompt, build_prompt
-from promptintern.tasks import TASK_NAMES, Instance, Task, get_task
+from promptintern.tasks import BUILTIN_DIR, Instance, Task, TaskScore, get_task, resolve_task, task_folder
+from promptintern.tasks import task_names as registered_tasks
+from promptintern.tasks.metrics import Metric, PythonTests
+from promptintern.tasks.spec import TaskFolderError
 
 PREFIX = "promptintern_"
 PROMPTS = ("query", "full")
 SANDBOXES = ("bwrap", "docker")
-TASKS_DIR = Path(__file__).resolve().parent
+#: lm-eval ``metadata.version`` of the generated configs (3.0: generated from the registry, generic metrics).
+CONFIG_VERSION = 3.0
+#: Where :func:`include_path` writes the configs: ``<PROMPTINTERN_HOME>/cache/lm-eval/<content hash>/``.
+CACHE_KIND = "lm-eval"
+_MODULE = "promptintern.tasks.lm_eval_support"  # what the configs' !function tags import
 
 
-def include_path() -> str:
+# -- task names and generated configs ----------------------------------------------------------------
+def resolve_tasks(refs: Iterable[str | os.PathLike] | None = None) -> list[str]:
+    """Registered names of ``refs`` (task names or task folders; default: every registered task).
+
+    An invalid folder raises its own :class:`TaskFolderError`; unknown names raise one ``ValueError`` listing
+    them all and the registered tasks.
+    """
+    if refs is None:
+        return list(registered_tasks())
+    names, unknown = [], []
+    for ref in refs:
+        try:
+            name = resolve_task(ref)
+        except TaskFolderError:
+            raise
+        except ValueError:
+            unknown.append(str(ref))
+            continue
+        if name not in names:
+            names.append(name)
+    if unknown:
+        raise ValueError(
+            f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(registered_tasks())} "
+            "or give a task folder (a folder with task.yaml)"
+        )
+    return names
+
+
+def lm_eval_name(task: str, prompt: str = "query") -> str:
+    """The lm-eval task of a registered task: ``promptintern_<task>`` or ``promptintern_<task>_full``.
+
+    The task's name is kept verbatim: lm-eval accepts the ``-`` and ``.`` a ``task.yaml`` name may hold
+    (task names are plain keys; lm-eval sanitises them itself where it makes file names).
+    """
+    _check_prompt(prompt)
+    return PREFIX + task + ("_full" if prompt == "full" else "")
+
+
+def task_names(prompt: str | None = None, tasks: Iterable[str | os.PathLike] | None = None) -> list[str]:
+    """lm-eval task names of ``tasks`` (default: every registered task), query-only ones first."""
+    names = resolve_tasks(tasks)
+    kinds = PROMPTS if prompt is None else (prompt,)
+    return [lm_eval_name(name, kind) for kind in kinds for name in names]
+
+
+def _check_prompt(prompt: str) -> None:
+    if prompt not in PROMPTS:
+        raise ValueError(f"unknown prompt {prompt!r}; choose from {', '.join(PROMPTS)}")
+
+
+def task_reference(name: str) -> str:
+    """What a generated config names in ``dataset_kwargs.task_name``: a built-in's name, or a folder task's
+    folder (absolute), so ``lm_eval`` in a fresh process finds it without ``$PROMPTINTERN_INCLUDE_PATH``."""
+    folder = task_folder(name)
+    return name if folder is None or folder.parent == BUILTIN_DIR else str(folder)
+
+
+def mean_metrics(metric: Metric) -> dict[str, str]:
+    """The per-instance means reported next to the primary metric: lm-eval metric -> key of the metric's
+    aggregate (:meth:`Metric.mean_fields`, e.g. NL2F's ``em_raw``, NL2Bash's ``sentence_bleu``)."""
+    return {f: key for f, key in metric.mean_fields().items() if f != metric.primary}
+
+
+def config_text(name: str, prompt: str = "query") -> str:
+    """The lm-eval YAML config of registered task ``name`` with ``prompt`` (``query`` or ``full``)."""
+    _check_prompt(prompt)
+    task = _task(name, "{}")
+    metric = task.metric
+    ref = task_reference(name)
+
+    def q(value: Any) -> str:  # JSON is YAML: quoted scalars, flow mappings
+        return json.dumps(value, ensure_ascii=False)
+
+    what = (
+        "query-only prompt (what a PromptIntern-trained model sees)"
+        if prompt == "query"
+        else "full prompt: template + k BLEU-retrieved training examples (the untrained zero-shot-full baseline)"
+    )
+    lines = [
+        f"# {task.display_name} ({ref}) with the {what}.",
+        f"# Generated by {_MODULE} from the task registry; do not edit.",
+        "# Generation length and stop strings are the task's (max_new_tokens, stop), filled in by",
+        "# PromptInternTask; documents, prompt and metric come from the suite.",
+        f"task: {q(lm_eval_name(name, prompt))}",
+        f"tag: {'promptintern' if prompt == 'query' else 'promptintern_full'}",
+        f"class: !function {_MODULE}.PromptInternTask",
+        f"custom_dataset: !function {_MODULE}.load_docs",
+        f"dataset_kwargs: {q({'task_name': ref, 'prompt': prompt})}",
+        "test_split: test",
+        "output_type: generate_until",
+        f"doc_to_text: !function {_MODULE}.doc_to_text",
+        "doc_to_target: reference",
+        "generation_kwargs: {do_sample: false, temperature: 0.0}",
+        f"process_results: !function {_MODULE}.process_results",
+        "metric_list:",
+        f"  - metric: {q(metric.primary)}",
+        f"    aggregation: !function {_MODULE}.corpus_metric",
+        "    higher_is_better: true",
+    ]
+    for mean in mean_metrics(metric):
+        lines += [f"  - metric: {q(mean)}", "    aggregation: mean", "    higher_is_better: true"]
+    lines.append(f"metadata: {{version: {CONFIG_VERSION}}}")
+    return "\n".join(lines) + "\n"
+
+
+def config_files(tasks: Iterable[str | os.PathLike] | None = None) -> dict[str, str]:
+    """``{file name: YAML}`` of both prompts of ``tasks`` (default: every registered task)."""
+    return {
+        f"{lm_eval_name(name, prompt)}.yaml": config_text(name, prompt)
+        for name in resolve_tasks(tasks)
+        for prompt in PROMPTS
+    }
+
+
+def include_path(tasks: Iterable[str | os.PathLike] | None = None) -> str:
     """The folder to give lm-eval's ``--include_path`` / ``TaskManager(include_path=...)``.
 
-    One folder (the tasks package): lm-eval builds tags per include path, so three separate paths would
-    each redefine the ``promptintern`` tag instead of adding to it. Its other YAML files are skipped.
+    It holds the generated configs of ``tasks`` (names or task folders; default: every registered task,
+    ``$PROMPTINTERN_INCLUDE_PATH`` included) and is keyed by their content:
+    ``<PROMPTINTERN_HOME>/cache/lm-eval/<hash>/``, written once, never changed. One folder for all tasks
+    because lm-eval builds tags per include path (several paths would each redefine ``promptintern``).
     """
-    return str(TASKS_DIR)
+    from promptintern.paths import cache_dir
 
-
-def task_names(prompt: str | None = None) -> list[str]:
-    """lm-eval task names: ``promptintern_<task>`` (query only) and ``promptintern_<task>_full``."""
-    kinds = PROMPTS if prompt is None else (prompt,)
-    return [PREFIX + name + ("_full" if kind == "full" else "") for kind in kinds for name in TASK_NAMES]
+    files = config_files(tasks)
+    digest = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:16]
+    parent = cache_dir(CACHE_KIND)
+    target = parent / digest
+    if not target.is_dir():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=parent))
+        for file, text in files.items():
+            (tmp / file).write_text(text, encoding="utf-8")
+        try:
+            tmp.rename(target)
+        except OSError:  # written meanwhile by another process: same content
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not target.is_dir():
+                raise
+    return str(target)
 
 
 # -- documents -------------------------------------------------------------------------------------
@@ -74,6 +221,11 @@ def _options(task_name: str, task_options: dict[str, Any] | None) -> str:
     return json.dumps(own, sort_keys=True)
 
 
+def runs_code(task: Task) -> bool:
+    """Whether the task's metric executes predictions (``python_tests``): it needs a sandbox."""
+    return isinstance(task.metric, PythonTests)
+
+
 def prompts_for(
     task: Task,
     instances: Sequence[Instance],
@@ -84,13 +236,12 @@ def prompts_for(
     seed: int = 0,
 ) -> list[Prompt]:
     """Every instance's prompt: query only, or full template + top-k training examples (``zero-shot-full``)."""
-    if prompt not in PROMPTS:
-        raise ValueError(f"unknown prompt {prompt!r}; choose from {', '.join(PROMPTS)}")
+    _check_prompt(prompt)
     if prompt == "query":
         return [build_prompt(task, inst) for inst in instances]
     from promptintern.stages import example_map
 
-    k = task.paper_shots[0] if shots is None else int(shots)
+    k = task.shots if shots is None else int(shots)
     if k < 0:
         raise ValueError(f"shots must be >= 0, got {shots!r}")
     examples = example_map(instances, task.load("train"), k, fraction=retrieval_fraction, seed=seed)
@@ -112,28 +263,28 @@ def load_docs(
 ):
     """``custom_dataset`` for lm-eval: ``{"test": Dataset}``, one document per instance of ``split``.
 
-    lm-eval calls it with the task's ``metadata`` (model arguments and ``--metadata`` included) and its
-    ``dataset_kwargs`` (``task_name``, ``prompt``); unknown keys are ignored.
+    ``task_name`` is a registered name or a task folder. lm-eval calls it with the task's ``metadata``
+    (model arguments and ``--metadata`` included) and its ``dataset_kwargs`` (``task_name``, ``prompt``);
+    unknown keys are ignored.
     """
     import datasets
 
-    if task_name not in TASK_NAMES:
-        raise ValueError(f"unknown task {task_name!r}; choose from {', '.join(TASK_NAMES)}")
-    if task_name == "mbpp":
+    name = resolve_tasks([task_name])[0]
+    options = _options(name, task_options)
+    task = _task(name, options)
+    if runs_code(task):
         if sandbox not in SANDBOXES:
-            raise ValueError(f"unknown MBPP sandbox {sandbox!r}; choose from {', '.join(SANDBOXES)}")
+            raise ValueError(f"unknown sandbox {sandbox!r}; choose from {', '.join(SANDBOXES)}")
         from promptintern.sandbox import get_backend
 
         get_backend(sandbox)  # fail before generation, not after, when the sandbox cannot run here
-    options = _options(task_name, task_options)
-    task = _task(task_name, options)
-    instances = list(_instances(task_name, split, options, reload=True).values())
+    instances = list(_instances(name, split, options, reload=True).values())
     rendered = prompts_for(
         task, instances, prompt, shots=shots, retrieval_fraction=retrieval_fraction, seed=seed
     )
     rows = [
         {
-            "task": task_name,
+            "task": name,
             "split": split,
             "options": options,
             "sandbox": sandbox,
@@ -170,8 +321,20 @@ def doc_to_text(doc: dict[str, Any]) -> str:
     return doc_prompt(doc).to_text()
 
 
+def generation_kwargs(task_ref: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``given`` with the task's stop strings (``until``) and ``max_gen_toks`` where it does not set them."""
+    task = _task(resolve_tasks([task_ref])[0], "{}")
+    out = dict(given or {})
+    out.setdefault("until", list(task.stop))
+    out.setdefault("max_gen_toks", task.max_new_tokens)
+    return out
+
+
 class PromptInternTask(ConfigurableTask):
     """A ``ConfigurableTask`` whose context is the suite's own rendering of :func:`doc_prompt`.
+
+    ``generation_kwargs`` get the task's ``stop`` (as ``until``) and ``max_new_tokens`` (as ``max_gen_toks``)
+    unless the config sets them (``--gen_kwargs`` still overrides both).
 
     With ``apply_chat_template`` the messages are ``Prompt.to_messages()`` (template as the system turn,
     examples + question as the user turn) rendered with a generation prompt, as ``Prompt.render``
@@ -180,6 +343,9 @@ class PromptInternTask(ConfigurableTask):
 
     def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         config = {k: v for k, v in (config or {}).items() if k != "class"}
+        ref = (config.get("dataset_kwargs") or {}).get("task_name")
+        if ref is not None and config.get("output_type", "generate_until") == "generate_until":
+            config["generation_kwargs"] = generation_kwargs(ref, config.get("generation_kwargs"))
         super().__init__(config=config, **kwargs)
 
     def fewshot_context(
@@ -215,45 +381,54 @@ def _instance(doc: dict[str, Any]) -> Instance:
     return _instances(doc["task"], doc["split"], doc["options"])[doc["id"]]
 
 
-def _score(doc: dict[str, Any], prediction: str, **options: Any) -> dict[str, float]:
-    """``Task.score`` of one document's extracted prediction."""
+def scoring_options(task: Task, sandbox: str) -> dict[str, Any]:
+    """``Task.score`` options of one document: the sandbox of a metric that runs code, one at a time."""
+    return {"backend": sandbox, "workers": 1, "progress": False} if runs_code(task) else {}
+
+
+def process_results(doc: dict[str, Any], results: Sequence[str]) -> dict[str, Any]:
+    """Every metric of one document: ``Task.score`` of its extracted prediction.
+
+    The primary metric's value is an item for :func:`corpus_metric`: the document's configuration, id,
+    prediction, per-instance row of the metric and ``value`` (the metric of this document alone); the
+    per-instance means (:func:`mean_metrics`) are numbers on the 0-100 scale that lm-eval averages.
+    """
     task = _task(doc["task"], doc["options"])
-    return task.score([_instance(doc)], {doc["id"]: prediction}, **options).metrics
+    prediction = task.extract(results[0] if results else "")
+    score = task.score([_instance(doc)], {doc["id"]: prediction}, **scoring_options(task, doc["sandbox"]))
+    item = {
+        "config": [doc["task"], doc["split"], doc["options"]],
+        "id": doc["id"],
+        "prediction": prediction,
+        "row": score.per_instance[0],
+        "value": score.metrics[score.primary],
+    }
+    means = {name: score.metrics[key] for name, key in mean_metrics(task.metric).items()}
+    return {task.metric.primary: item} | means
 
 
-def _prediction(doc: dict[str, Any], results: Sequence[str]) -> str:
-    return _task(doc["task"], doc["options"]).extract(results[0] if results else "")
+def corpus_score(items: Sequence[Mapping[str, Any]]) -> TaskScore:
+    """The task's :class:`TaskScore` of all documents' items: the metric's corpus aggregation of their rows
+    (what ``Task.score`` over the same predictions returns; rows are per instance)."""
+    configs = {json.dumps(item["config"]) for item in items}
+    if len(configs) != 1:
+        raise ValueError(
+            f"corpus_metric needs the documents of one task configuration, got {sorted(configs)}"
+        )
+    name, _split, options = json.loads(configs.pop())
+    task = _task(name, options)
+    metric = task.metric
+    rows = [dict(item["row"]) for item in items]
+    return TaskScore(
+        task.name,
+        metric.aggregate(rows),
+        rows,
+        metric.primary,
+        signature=metric.signature(rows),
+        metric=metric.name,
+    )
 
 
-def process_mbpp(doc: dict[str, Any], results: Sequence[str]) -> dict[str, float]:
-    """pass@1 (0 or 100) of the extracted code, run with its asserts in the sandbox."""
-    metrics = _score(doc, _prediction(doc, results), backend=doc["sandbox"], workers=1, progress=False)
-    return {"pass@1": metrics["pass@1"]}
-
-
-def process_nl2f(doc: dict[str, Any], results: Sequence[str]) -> dict[str, float]:
-    """NL2Formula exact match (normalised ``em`` and raw ``em_raw``, 0 or 100) of the extracted formula."""
-    metrics = _score(doc, _prediction(doc, results))
-    return {"em": metrics["em"], "em_raw": metrics["em_raw"]}
-
-
-def process_nl2bash(doc: dict[str, Any], results: Sequence[str]) -> dict[str, Any]:
-    """Sentence BLEU of the extracted command, and the item :func:`corpus_bleu` aggregates."""
-    prediction = _prediction(doc, results)
-    metrics = _score(doc, prediction)
-    item = (doc["task"], doc["split"], doc["options"], doc["id"], prediction)
-    return {"bleu": item, "sentence_bleu": metrics["sentence_bleu_mean"]}
-
-
-def corpus_bleu(items: Sequence[tuple[str, str, str, str, str]]) -> float:
-    """Corpus BLEU (sacrebleu, 0-100) of all documents' predictions, computed by ``Task.score``."""
-    if not items:
-        return 0.0
-    keys = {item[:3] for item in items}
-    if len(keys) != 1:
-        raise ValueError(f"corpus_bleu got documents of several task configurations: {sorted(keys)}")
-    name, split, options = keys.pop()
-    by_id = _instances(name, split, options)
-    instances = [by_id[item[3]] for item in items]
-    predictions = {item[3]: item[4] for item in items}
-    return _task(name, options).score(instances, predictions).metrics["bleu"]
+def corpus_metric(items: Sequence[Mapping[str, Any]]) -> float:
+    """The primary metric (0-100) over all documents: :func:`corpus_score`'s value (0 with no documents)."""
+    return float(corpus_score(items).value) if items else 0.0

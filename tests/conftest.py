@@ -31,6 +31,16 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PROMPTINTERN_HOME", str(make_home(tmp_path_factory)))
 
 
+@pytest.fixture(autouse=True)
+def _isolated_task_registry(monkeypatch):
+    """Task folders a test registers (by path or include path) are forgotten after it."""
+    import promptintern.tasks as tasks
+
+    monkeypatch.setattr(tasks, "_REGISTRY", dict(tasks._REGISTRY))
+    monkeypatch.setattr(tasks, "_ENV_SEEN", set(tasks._ENV_SEEN))
+    monkeypatch.delenv(tasks.INCLUDE_ENV, raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny random LlamaForCausalLM + tokenizer, loadable by path like any HF checkpoint."""

@@ -2,7 +2,7 @@
 
 import pytest
 
-from promptintern.generate import _truncate, generate
+from promptintern.generate import cut_at_stop, generate
 from promptintern.models import load_model, load_tokenizer
 
 
@@ -29,6 +29,6 @@ def test_counts_and_latency(tiny):
 
 
 def test_stop_strings_truncate():
-    assert _truncate("abc```rest", ["```"]) == "abc"
-    assert _truncate("abc\n\nx[/BASH]y", ["[/BASH]", "\n\n"]) == "abc"
-    assert _truncate("abc", ["zz"]) == "abc"
+    assert cut_at_stop("abc```rest", ["```"]) == "abc"
+    assert cut_at_stop("abc\n\nx[/BASH]y", ["[/BASH]", "\n\n"]) == "abc"
+    assert cut_at_stop("abc", ["zz"]) == "abc"

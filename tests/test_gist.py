@@ -32,7 +32,8 @@ from promptintern.baselines.gist import (  # noqa: E402
 )
 from promptintern.models import load_model, load_tokenizer  # noqa: E402
 from promptintern.prompt import QUESTION_HEADER, Prompt  # noqa: E402
-from promptintern.train import DONE, ConfigMismatchError, TrainConfig, TrainExample, last_checkpoint  # noqa: E402
+from promptintern.stages import TrainExample  # noqa: E402
+from promptintern.train import DONE, ConfigMismatchError, TrainConfig, last_checkpoint  # noqa: E402
 
 INSTRUCTION = "You are a calculator. Reply with the sum."
 DOCUMENT = "API: add(a, b) returns a + b."

@@ -49,3 +49,18 @@ def test_runner_has_no_method_name_branches():
 
     source = inspect.getsource(run)
     assert "self.method ==" not in source and "self.method !=" not in source and "self.method in" not in source
+
+
+def test_installed_plugins_register_methods_by_entry_point(registry, monkeypatch):
+    """A package installed with a ``promptintern.methods`` entry point adds its method; no core file changes."""
+    from importlib import metadata
+
+    class EntryPoint:
+        name, value = "ft-quarter", "plugin:METHOD"
+
+        def load(self):
+            return Fixed("ft-quarter", 0.25, 0.0, description="a plug-in")
+
+    monkeypatch.setattr(methods, "_PLUGINS", [])
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [EntryPoint()] if group == methods.ENTRY_POINT_GROUP else [])
+    assert get_method("ft-quarter").tau == 0.25 and "ft-quarter" in method_names()

@@ -14,7 +14,7 @@ from promptintern.tasks import get_task
 from promptintern.tasks.base import Instance
 from promptintern.tasks.documents import load_documents
 from promptintern.tasks.nl2f import NL2FTask, extract_formula, metric, nl2formula, spider
-from promptintern.tasks.nl2f.metric import exact_match, normalise, normalise_lenient
+from promptintern.tasks.nl2f.metric import normalise, normalise_lenient
 from promptintern.tasks.nl2f.spider import Schema, Unsupported, convert
 from promptintern.tasks.nl2f.table import (
     DEFAULT_TABLE_ROWS,
@@ -658,8 +658,8 @@ def test_formulas_reproduce_the_sqlite_results(built):
 def test_task_loads_nl2f_spider(built):
     task = get_task("nl2f")
     assert isinstance(task, NL2FTask)
-    assert (task.display_name, task.primary_metric, task.max_new_tokens, task.paper_shots) == (
-        "NL2F-Spider", "em", 128, (10, 5, 0)
+    assert (task.display_name, task.primary_metric, task.max_new_tokens, task.shots) == (
+        "NL2F-Spider", "em", 128, 10
     )  # fmt: skip
     loaded = {split: task.load(split) for split in task.splits}
     assert {s: len(v) for s, v in loaded.items()} == built["report"]["splits"]
@@ -799,6 +799,11 @@ def test_exact_match_normalisation():
     assert normalise_lenient(' FILTER( B1 , C1 = "A b" )\n') == 'filter(b1,c1="ab")'
 
 
+def exact_match(instances, predictions):
+    """The task's registered metric (``nl2formula_em``) on hand-made instances."""
+    return NL2FTask().score(instances, predictions)
+
+
 @pytest.mark.parametrize(
     ("prediction", "reference", "em", "em_lenient", "em_raw"),
     [
@@ -821,7 +826,8 @@ def test_exact_match_scores_and_signature():
     insts = [_inst(0, 'FILTER(B1,C1="x")'), _inst(1, "SUM(D1)"), _inst(2, "ROWS(A1)")]
     preds = {"x0": 'filter(b1,c1="X")', "x1": "sum(d1)", "x2": "ROWS(B1)"}
     score = exact_match(insts, preds)
-    assert score.primary == "em" and set(score.metrics) == {"em", "em_lenient", "em_raw"}
+    assert score.primary == "em" and set(score.metrics) == {"em", "em_lenient", "em_raw", "n"}
+    assert score.metric == "nl2formula_em"
     assert score.value == pytest.approx(100 / 3)
     assert score.metrics["em_lenient"] == pytest.approx(200 / 3) and score.metrics["em_raw"] == 0.0
     assert score.per_instance[0] == {
@@ -830,7 +836,7 @@ def test_exact_match_scores_and_signature():
     }  # fmt: skip
     assert score.signature == metric.SIGNATURE and "nl2formula" in score.signature and "v2" in score.signature
     assert metric.METRIC_VERSION == "2" and NL2FTask.metric_version == metric.METRIC_VERSION
-    with pytest.raises(ValueError, match="'x2'"):
+    with pytest.raises(ValueError, match=r"no prediction for id\(s\) x2"):
         exact_match(insts, {"x0": "", "x1": ""})
 
 
@@ -841,7 +847,7 @@ def test_oracle_scores_100_and_extract_round_trips(built):
     oracle = {i.id: task.extract(task.format_answer(i.reference)) for i in insts}
     assert all(oracle[i.id] == i.reference for i in insts)
     score = task.score(insts, oracle)
-    assert score.metrics == {"em": 100.0, "em_lenient": 100.0, "em_raw": 100.0}
+    assert score.metrics == {"em": 100.0, "em_lenient": 100.0, "em_raw": 100.0, "n": len(insts)}
 
 
 def test_extract_round_trip_on_fixture_references():

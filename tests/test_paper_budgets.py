@@ -21,7 +21,7 @@ from promptintern.paper_figures import (
     paper_tokens,
     relative_difference,
 )
-from promptintern.tasks import TASK_NAMES, get_task
+from promptintern.tasks import PAPER_TASKS, get_task
 
 TOLERANCE = 0.25
 BUDGETED = ("ft-template", "zero-shot-full")  # template only, template + k shots
@@ -41,7 +41,7 @@ def _mean_tokens(task_name: str, method: str, template: str = "paper") -> float:
     return sum(counter.count_prompt(p) for p in prompts) / len(prompts)
 
 
-@pytest.mark.parametrize("task_name", TASK_NAMES)
+@pytest.mark.parametrize("task_name", PAPER_TASKS)
 def test_paper_template_token_budgets(task_name):
     paper = paper_tokens(task_name, "gpt-4")
     for method in BUDGETED:

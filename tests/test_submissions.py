@@ -296,4 +296,4 @@ def test_mbpp_submission_runs_in_the_sandbox(tmp_path, monkeypatch):
     result = outcome.results["mbpp"]
     assert (outcome.status, result.metric, result.n) == ("recorded", "pass@1", 3)
     assert result.value == pytest.approx(200 / 3)
-    assert result.signature == "mbpp|sandbox:bwrap|n:3"
+    assert result.signature == "python_tests|sandbox:bwrap|n:3"

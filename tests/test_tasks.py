@@ -2,10 +2,10 @@
 
 import pytest
 
-from promptintern.tasks import TASK_NAMES, get_task
+from promptintern.tasks import PAPER_TASKS, get_task
 
 
-@pytest.mark.parametrize("name", TASK_NAMES)
+@pytest.mark.parametrize("name", PAPER_TASKS)
 def test_score_names_missing_ids(name):
     task = get_task(name)
     instances = task.load("test")[:3]
@@ -15,7 +15,7 @@ def test_score_names_missing_ids(name):
 
 
 # -- template variants ----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", TASK_NAMES)
+@pytest.mark.parametrize("name", PAPER_TASKS)
 def test_default_template_is_the_paper_variant(name):
     task = get_task(name)
     assert task.template_variant == "paper"
@@ -36,7 +36,7 @@ def test_default_template_is_the_paper_variant(name):
         assert 3 <= template.documents.count("<API Doc ") <= 8
 
 
-@pytest.mark.parametrize("name", TASK_NAMES)
+@pytest.mark.parametrize("name", PAPER_TASKS)
 def test_extended_template_variant_loads(name):
     paper, extended = get_task(name), get_task(name, template="extended")
     assert extended.template_variant == "extended" and extended.template_file.name == "template-extended.yaml"
@@ -53,7 +53,7 @@ def test_extended_template_variant_loads(name):
     assert [i.query for i in extended.load("test")[:5]] == [i.query for i in paper.load("test")[:5]]
 
 
-@pytest.mark.parametrize("name", TASK_NAMES)
+@pytest.mark.parametrize("name", PAPER_TASKS)
 def test_unknown_template_variant(name):
     with pytest.raises(ValueError, match=r"unknown template variant 'short'; choose from paper, extended"):
         get_task(name, template="short")
@@ -87,7 +87,7 @@ def test_paper_documents_are_the_most_used_in_train():
     assert names == [f for f, _ in used.most_common(len(names))]
 
 
-@pytest.mark.parametrize("name", TASK_NAMES)
+@pytest.mark.parametrize("name", PAPER_TASKS)
 def test_base_task_cannot_shrink_by_default(name):
     task = get_task(name)
     inst = task.load("test")[0]
@@ -97,7 +97,7 @@ def test_base_task_cannot_shrink_by_default(name):
         assert task.shrink(inst) is None
 
 
-@pytest.mark.parametrize("name", TASK_NAMES)
+@pytest.mark.parametrize("name", PAPER_TASKS)
 def test_metric_version(name):
     task = get_task(name)
     assert isinstance(task.metric_version, str) and task.metric_version

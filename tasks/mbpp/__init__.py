@@ -6,11 +6,11 @@ Standard splits by task_id: prompt 1-10, test 11-510, validation 511-600, train 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from promptintern.paths import data_file
-from promptintern.tasks.base import Instance, Task, TaskScore
+from promptintern.tasks.base import Instance, Task
 
 SPLIT_RANGES = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
 FIELDS = ("task_id", "text", "code", "test_list", "test_setup_code", "challenge_test_list")
@@ -44,12 +44,9 @@ def render_query(text: str, tests: Sequence[str]) -> str:
 
 
 class MBPPTask(Task):
-    name = "mbpp"
-    display_name = "MBPP"
+    """Standard splits by task_id; code extracted from fences; scored by the ``python_tests`` metric."""
+
     splits = ("train", "validation", "test", "prompt")
-    primary_metric = "pass@1"
-    max_new_tokens = 384
-    paper_shots = (5, 2, 0)
 
     def load(self, split: str) -> list[Instance]:
         self.check_split(split)
@@ -67,42 +64,3 @@ class MBPPTask(Task):
         from promptintern.tasks.mbpp.extract import extract_code
 
         return extract_code(output)
-
-    def score(
-        self,
-        instances: Sequence[Instance],
-        predictions: Mapping[str, str],
-        *,
-        backend: str = "bwrap",
-        unsafe: bool = False,
-        workers: int | None = None,
-        progress: bool = True,
-        **_: Any,
-    ) -> TaskScore:
-        """pass@1 (0-100): a prediction passes when all asserts ran and held inside the sandbox."""
-        from promptintern.tasks.mbpp.execution import run_candidates
-
-        preds = self.predictions_for(instances, predictions)
-        jobs = [
-            (i.id, p, i.meta["test_setup_code"], list(i.meta["test_list"])) for i, p in zip(instances, preds, strict=True)
-        ]
-        outcomes = run_candidates(jobs, backend=backend, unsafe=unsafe, workers=workers, progress=progress)
-        rows = [
-            {
-                "id": o.task_id,
-                "passed": o.passed,
-                "status": o.status,
-                "detail": o.detail,
-                "duration_s": o.duration_s,
-            }
-            for o in outcomes
-        ]
-        broken = [o for o in outcomes if o.status == "error"]
-        if broken:  # the sandbox failed to start: not a verdict on the candidate
-            raise RuntimeError(f"sandbox error on {len(broken)} candidate(s), e.g. {broken[0].task_id}: {broken[0].detail}")
-        passed = sum(o.passed for o in outcomes)
-        n = len(outcomes)
-        metrics = {"pass@1": 100.0 * passed / n if n else 0.0, "passed": float(passed), "n": float(n)}
-        return TaskScore(
-            self.name, metrics, rows, self.primary_metric, signature=f"mbpp|sandbox:{backend}|n:{n}"
-        )

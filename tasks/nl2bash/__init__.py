@@ -9,10 +9,8 @@ Figure 7 format ``[NL] ... [/NL]``; answers are written as a ```` ```bash ```` b
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
 
-from promptintern.tasks.base import Instance, Task, TaskScore
+from promptintern.tasks.base import Instance, Task
 
 _FENCE_RE = re.compile(r"```[ \t]*(?:bash|sh|shell|console|zsh)?[ \t]*\n?(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE)
 _TAG_RE = re.compile(r"\[BASH\](.*?)(?:\[/BASH\]|$)", re.DOTALL | re.IGNORECASE)
@@ -60,11 +58,7 @@ def extract_command(output: str) -> str:
 
 
 class NL2BashTask(Task):
-    name = "nl2bash"
-    display_name = "NL2Bash"
-    primary_metric = "bleu"
-    max_new_tokens = 128
-    paper_shots = (10, 5, 0)
+    """Rebuilt splits, ``[NL] ... [/NL]`` queries, commands extracted from fences; scored by ``bleu``."""
 
     def load(self, split: str) -> list[Instance]:
         from promptintern.tasks.nl2bash.split import load_pairs
@@ -83,22 +77,3 @@ class NL2BashTask(Task):
 
     def extract(self, output: str) -> str:
         return extract_command(output)
-
-    def score(self, instances: Sequence[Instance], predictions: Mapping[str, str], **options: Any) -> TaskScore:
-        """Corpus BLEU (``bleu``), mean sentence BLEU and ``n``; per-instance sentence BLEU rows."""
-        from promptintern.tasks.nl2bash.metric import corpus_bleu, sentence_bleu
-
-        preds = [str(p).strip() for p in self.predictions_for(instances, predictions)]
-        refs = [i.reference.strip() for i in instances]
-        bleu, signature = corpus_bleu(preds, refs) if instances else (0.0, None)
-        rows = [
-            {"id": i.id, "prediction": p, "reference": r, "sentence_bleu": sentence_bleu(p, r)}
-            for i, p, r in zip(instances, preds, refs, strict=True)
-        ]
-        n = len(rows)
-        metrics = {
-            "bleu": bleu,
-            "sentence_bleu_mean": sum(r["sentence_bleu"] for r in rows) / n if n else 0.0,
-            "n": float(n),
-        }
-        return TaskScore(self.name, metrics, rows, self.primary_metric, signature=signature)

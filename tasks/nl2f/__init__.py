@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from promptintern.tasks.base import Instance, Task, TaskScore
+from promptintern.tasks.base import Instance, Task
 from promptintern.tasks.nl2f import metric, nl2formula, spider
 from promptintern.tasks.nl2f.table import DEFAULT_TABLE_ROWS, GridRef, data_rows, render_query, rows_shown
 
@@ -98,11 +97,6 @@ def extract_formula(output: str) -> str:
 class NL2FTask(Task):
     """NL2F with NL2F-Spider (default) or the official NL2Formula release as data."""
 
-    name = "nl2f"
-    display_name = "NL2F-Spider"
-    primary_metric = "em"
-    max_new_tokens = 128
-    paper_shots = (10, 5, 0)
     metric_version = metric.METRIC_VERSION
 
     def __init__(
@@ -124,8 +118,11 @@ class NL2FTask(Task):
         self.path = path
         self.table_rows = table_rows
         self.seed = seed
-        self.display_name = "NL2F-Spider" if source == "spider" else "NL2F (NL2Formula)"
         self._spider: dict[str, Any] | None = None
+
+    @property
+    def display_name(self) -> str:
+        return "NL2F-Spider" if self.source == "spider" else "NL2F (NL2Formula)"
 
     # -- data -------------------------------------------------------------------------------------
     def load(self, split: str) -> list[Instance]:
@@ -190,11 +187,6 @@ class NL2FTask(Task):
     # -- evaluation -------------------------------------------------------------------------------
     def extract(self, output: str) -> str:
         return extract_formula(output)
-
-    def score(
-        self, instances: Sequence[Instance], predictions: Mapping[str, str], **options: Any
-    ) -> TaskScore:
-        return metric.exact_match(instances, predictions, task=self.name)
 
 
 __all__ = ["NL2FTask", "extract_formula"]

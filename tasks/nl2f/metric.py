@@ -10,9 +10,10 @@ everywhere, no whitespace anywhere) and ``em_raw`` compares after trimming the e
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from promptintern.tasks.base import Instance, TaskScore
+from promptintern.tasks.base import Instance
+from promptintern.tasks.metrics import Metric, register_metric
 
 #: Bumped whenever a score could change (a cache key can include it; see ``Task.metric_version``).
 #: 1: lower case + all whitespace removed.  2: NL2Formula's normalisation (this module's ``normalise``).
@@ -41,16 +42,18 @@ def normalise_lenient(formula: str) -> str:
     return "".join(formula.lower().split())
 
 
-def exact_match(
-    instances: Sequence[Instance], predictions: Mapping[str, str], task: str = "nl2f"
-) -> TaskScore:
-    """``em`` (NL2Formula normalisation), ``em_lenient`` and ``em_raw`` (trimmed ends only), all 0-100."""
-    rows = []
-    for inst in instances:
-        if inst.id not in predictions:
-            raise ValueError(f"no prediction for instance {inst.id!r}")
-        pred = predictions[inst.id] or ""
-        rows.append(
+@register_metric("nl2formula_em")
+class NL2FormulaEM(Metric):
+    """``em`` (NL2Formula normalisation, primary), ``em_lenient`` and ``em_raw`` (trimmed ends), all 0-100."""
+
+    primary = "em"
+    field = "em"
+    extra_fields = ("em_lenient", "em_raw")
+    label = "EM"
+    version = METRIC_VERSION
+
+    def rows(self, task, instances: Sequence[Instance], predictions: Sequence[str], **_) -> list[dict]:
+        return [
             {
                 "id": inst.id,
                 "prediction": pred,
@@ -59,7 +62,8 @@ def exact_match(
                 "em_lenient": float(normalise_lenient(pred) == normalise_lenient(inst.reference)),
                 "em_raw": float(pred.strip() == inst.reference.strip()),
             }
-        )
-    n = len(rows)
-    metrics = {key: (100.0 * sum(r[key] for r in rows) / n if n else 0.0) for key in METRICS}
-    return TaskScore(task=task, metrics=metrics, per_instance=rows, primary="em", signature=SIGNATURE)
+            for inst, pred in zip(instances, predictions, strict=True)
+        ]
+
+    def signature(self, rows) -> str:
+        return SIGNATURE

@@ -1,0 +1,56 @@
+"""A task declared by a folder, with no Python: ``task.yaml`` + ``template.yaml`` + data files.
+
+Records come from one JSONL or CSV file per split (``data``); ``fields`` says which columns hold the id, query
+and answer, and ``query_format`` renders the query shown in the prompt. Every column of a record is kept in
+``Instance.meta`` (a ``python_tests`` metric reads its asserts there, a user metric gets the whole record).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from promptintern.tasks.base import Instance, Task
+from promptintern.tasks.records import load_records, query_text
+from promptintern.tasks.spec import TaskFile
+
+
+class FolderTask(Task):
+    """A user task: its folder holds ``task.yaml``, ``template.yaml``, the documents and the data."""
+
+    def __init__(self, folder: Path, spec: TaskFile, template: str = "paper"):
+        super().__init__(template=template)
+        self.folder = Path(folder).resolve()
+        self.__dict__["spec"] = spec  # already validated by the registry
+        self.splits = tuple(spec.data)
+        self._extractor = _function(spec.extract, self.folder) if spec.extract != "answer_format" else None
+
+    @property
+    def directory(self) -> Path:
+        return self.folder
+
+    def load(self, split: str) -> list[Instance]:
+        self.check_split(split)
+        fields = self.spec.fields
+        return [
+            Instance(tid, split, query_text(self.spec, rec), str(rec[fields.answer]).strip(), rec)
+            for tid, rec in load_records(self.folder / self.spec.data[split], self.spec)
+        ]
+
+    def extract(self, output: str) -> str:
+        if self._extractor is not None:
+            return str(self._extractor(output))
+        return super().extract(output)
+
+
+def _function(spec: str, folder: Path):
+    """``module:function`` from ``<folder>/<module>.py`` or the Python path."""
+    from promptintern.tasks.metrics import import_from_folder
+
+    module_name, _, name = spec.partition(":")
+    fn = getattr(import_from_folder(module_name, folder), name, None) if name else None
+    if not callable(fn):
+        raise ValueError(f"{folder}/task.yaml: extract: {spec!r} is not module:function")
+    return fn
+
+
+__all__ = ["FolderTask"]

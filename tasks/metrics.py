@@ -1,0 +1,357 @@
+"""Metrics as registered objects: each owns its per-instance field, corpus aggregation, bootstrap interval and
+signature, so nothing downstream inspects row keys.
+
+A task names its metric (``metric:`` in ``task.yaml``): a registered name (``exact_match``, ``bleu``, ``chrf``,
+``python_tests``, ``nl2formula_em``) or ``module:function`` for a user metric. ``get_metric(spec, folder)``
+builds it, and ``task.metric`` is the task's instance.
+
+Every score is on a 0-100 scale. Mean metrics average a per-instance value in [0, 1] (x100); corpus metrics
+(BLEU, chrF) are computed over the whole corpus from sacrebleu's summed sentence statistics, and their
+interval resamples instances and recomputes the corpus score.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from promptintern.tasks.base import Instance, TaskScore
+
+_METRICS: dict[str, Callable[..., Metric]] = {}
+
+
+def register_metric(name: str):
+    """Class decorator: ``@register_metric("exact_match")`` makes ``metric: exact_match`` build this class."""
+
+    def wrap(cls):
+        if name in _METRICS and _METRICS[name] is not cls:
+            raise ValueError(f"metric {name!r} is already registered")
+        _METRICS[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def metric_names() -> tuple[str, ...]:
+    return tuple(_METRICS)
+
+
+def get_metric(spec: str | Mapping[str, Any], folder: Path | None = None) -> Metric:
+    """The metric named by ``spec`` (a name, ``module:function``, or ``{name: ..., <options>}``)."""
+    options: dict[str, Any] = {}
+    if isinstance(spec, Mapping):
+        options = {k: v for k, v in spec.items() if k != "name"}
+        spec = spec.get("name", "")
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"metric must be a name or module:function, got {spec!r}")
+    if spec in _METRICS:
+        return _METRICS[spec](**options)
+    if ":" in spec:
+        return UserMetric(spec, folder, **options)
+    raise ValueError(f"unknown metric {spec!r}; choose from {', '.join(metric_names())} or give module:function")
+
+
+class Metric:
+    """Base: ``primary`` (the headline key), ``field`` (the per-instance value) and ``perfect`` (its best value).
+
+    Subclasses implement :meth:`rows`; mean metrics need nothing else, corpus metrics override
+    :meth:`aggregate` and :meth:`interval`.
+    """
+
+    name: str = ""
+    primary: str = ""
+    field: str = ""
+    #: Extra per-instance fields averaged (x100) into the aggregate next to ``primary``.
+    extra_fields: tuple[str, ...] = ()
+    perfect: float = 1.0
+    version: str = "1"
+    #: How tables print the primary value (``EM``, ``BLEU``); the primary key when empty.
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        return self.label or self.primary
+
+    def rows(self, task, instances: Sequence[Instance], predictions: Sequence[str], **options: Any) -> list[dict]:
+        raise NotImplementedError
+
+    def aggregate(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        n = len(rows)
+        out = {
+            key: (100.0 * sum(float(r[key]) for r in rows) / n if n else 0.0)
+            for key in (self.field, *self.extra_fields)
+        }
+        return {self.primary: out.pop(self.field), **out, "n": float(n)}
+
+    def mean_fields(self) -> dict[str, str]:
+        """Per-instance values whose mean the aggregate reports beside the primary: field -> aggregate key."""
+        return {f: f for f in self.extra_fields}
+
+    def interval(self, rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> tuple[float, float]:
+        """95 % percentile bootstrap interval of the primary value over instances."""
+        from promptintern.stats import mean_ci
+
+        return mean_ci([100.0 * float(r[self.field]) for r in rows], **kwargs)
+
+    def signature(self, rows: Sequence[Mapping[str, Any]]) -> str:
+        return f"{self.name}|v{self.version}|n:{len(rows)}"
+
+    def failed(self, row: Mapping[str, Any]) -> bool:
+        """Whether a per-instance row fell short of full marks."""
+        return abs(float(row[self.field]) - float(self.perfect)) > 1e-9
+
+    def identity(self) -> dict[str, Any]:
+        """What enters a run key: the metric's name, version and options."""
+        return {"name": self.name, "version": self.version}
+
+    def score(self, task, instances: Sequence[Instance], predictions: Mapping[str, str], **options: Any) -> TaskScore:
+        preds = [str(p) for p in task.predictions_for(instances, predictions)]
+        rows = self.rows(task, instances, preds, **options)
+        return TaskScore(
+            task.name, self.aggregate(rows), rows, self.primary, signature=self.signature(rows), metric=self.name
+        )
+
+
+def _pairs(instances: Sequence[Instance], predictions: Sequence[str]) -> list[dict[str, Any]]:
+    return [
+        {"id": i.id, "prediction": p, "reference": i.reference} for i, p in zip(instances, predictions, strict=True)
+    ]
+
+
+_SPACE = re.compile(r"\s+")
+NORMALISATIONS: dict[str, Callable[[str], str]] = {
+    "none": lambda s: s,
+    "strip": str.strip,
+    "whitespace": lambda s: _SPACE.sub(" ", s).strip(),
+    "lower": lambda s: _SPACE.sub(" ", s).strip().lower(),
+}
+
+
+@register_metric("exact_match")
+class ExactMatch(Metric):
+    """Exact match after ``normalize`` (``whitespace``: runs of whitespace -> one space, ends stripped;
+    ``lower``: that and lower case; ``strip``; ``none``). ``exact_match`` is 0-100; rows hold ``em`` 0/1."""
+
+    primary = "exact_match"
+    field = "em"
+    label = "EM"
+
+    def __init__(self, normalize: str = "whitespace"):
+        if normalize not in NORMALISATIONS:
+            raise ValueError(f"exact_match: unknown normalize {normalize!r}; choose from {', '.join(NORMALISATIONS)}")
+        self.normalize = normalize
+
+    def rows(self, task, instances, predictions, **_: Any) -> list[dict]:
+        norm = NORMALISATIONS[self.normalize]
+        rows = _pairs(instances, predictions)
+        for r in rows:
+            r["em"] = float(norm(r["prediction"]) == norm(r["reference"]))
+        return rows
+
+    def identity(self) -> dict[str, Any]:
+        return super().identity() | {"normalize": self.normalize}
+
+    def signature(self, rows) -> str:
+        return f"exact_match|norm:{self.normalize}|n:{len(rows)}"
+
+
+class _Corpus(Metric):
+    """A sacrebleu corpus metric: the corpus score from summed sentence statistics, per-instance sentence
+    scores, and an interval that resamples instances and recomputes the corpus score."""
+
+    perfect = 100.0
+
+    def scorer(self, sentence: bool = False):
+        raise NotImplementedError
+
+    def rows(self, task, instances, predictions, **_: Any) -> list[dict]:
+        sentence = self.scorer(sentence=True)
+        rows = _pairs(instances, [p.strip() for p in predictions])
+        for r in rows:
+            r["reference"] = r["reference"].strip()
+            r[self.field] = sentence.sentence_score(r["prediction"], [r["reference"]]).score
+        return rows
+
+    def _corpus(self, rows) -> tuple[float, str]:
+        """The corpus score and sacrebleu's signature (known once a corpus is scored)."""
+        scorer = self.scorer()
+        if not rows:
+            return 0.0, "none"
+        score = scorer.corpus_score([r["prediction"] for r in rows], [[r["reference"] for r in rows]]).score
+        return score, str(scorer.get_signature())
+
+    def mean_fields(self) -> dict[str, str]:
+        return {self.field: f"{self.field}_mean"}
+
+    def aggregate(self, rows) -> dict[str, float]:
+        n = len(rows)
+        mean = sum(r[self.field] for r in rows) / n if n else 0.0
+        return {self.primary: self._corpus(rows)[0], f"{self.field}_mean": mean, "n": float(n)}
+
+    def interval(self, rows, **kwargs: Any) -> tuple[float, float]:
+        from promptintern.stats import corpus_ci
+
+        return corpus_ci(self.scorer(), [r["prediction"] for r in rows], [r["reference"] for r in rows], **kwargs)
+
+    def signature(self, rows) -> str:
+        return self._corpus(rows)[1]
+
+
+@register_metric("bleu")
+class Bleu(_Corpus):
+    """Corpus BLEU (sacrebleu, ``tokenize`` default 13a) and smoothed sentence BLEU per instance."""
+
+    primary = "bleu"
+    field = "sentence_bleu"
+    label = "BLEU"
+
+    def __init__(self, tokenize: str = "13a"):
+        self.tokenize = tokenize
+
+    def scorer(self, sentence: bool = False):
+        from sacrebleu.metrics import BLEU
+
+        return BLEU(tokenize=self.tokenize, effective_order=sentence)
+
+    def identity(self) -> dict[str, Any]:
+        return super().identity() | {"tokenize": self.tokenize}
+
+
+@register_metric("chrf")
+class ChrF(_Corpus):
+    """Corpus chrF (sacrebleu; ``word_order`` 2 = chrF++) and sentence chrF per instance."""
+
+    primary = "chrf"
+    field = "sentence_chrf"
+    label = "chrF"
+
+    def __init__(self, word_order: int = 0):
+        self.word_order = int(word_order)
+
+    def scorer(self, sentence: bool = False):
+        from sacrebleu.metrics import CHRF
+
+        return CHRF(word_order=self.word_order)
+
+    def identity(self) -> dict[str, Any]:
+        return super().identity() | {"word_order": self.word_order}
+
+
+@register_metric("python_tests")
+class PythonTests(Metric):
+    """pass@1 (0-100): the predicted Python program passes when all of the instance's asserts (the list in
+    column ``tests``; ``setup``: optional setup code column) run and hold inside the sandbox."""
+
+    primary = "pass@1"
+    field = "passed"
+
+    def __init__(self, tests: str = "test_list", setup: str | None = "test_setup_code"):
+        self.tests, self.setup = tests, setup
+
+    def identity(self) -> dict[str, Any]:
+        return super().identity() | {"tests": self.tests, "setup": self.setup}
+
+    def rows(
+        self, task, instances, predictions, *, backend: str = "bwrap", unsafe: bool = False,
+        workers: int | None = None, progress: bool = True, **_: Any,
+    ) -> list[dict]:
+        from promptintern.tasks.mbpp.execution import run_candidates
+
+        jobs = []
+        for inst, pred in zip(instances, predictions, strict=True):
+            tests = inst.meta.get(self.tests)
+            if not isinstance(tests, list) or not tests:
+                raise ValueError(f"{task.name}: instance {inst.id}: field {self.tests!r} must be a non-empty list of asserts")
+            setup = inst.meta.get(self.setup, "") if self.setup else ""
+            jobs.append((inst.id, pred, setup or "", [str(t) for t in tests]))
+        outcomes = run_candidates(jobs, backend=backend, unsafe=unsafe, workers=workers, progress=progress)
+        broken = [o for o in outcomes if o.status == "error"]
+        if broken:  # the sandbox failed to start: not a verdict on the candidate
+            raise RuntimeError(f"sandbox error on {len(broken)} candidate(s), e.g. {broken[0].task_id}: {broken[0].detail}")
+        return [
+            {
+                "id": o.task_id, "passed": o.passed, "status": o.status, "detail": o.detail,
+                "duration_s": o.duration_s, "sandbox": backend,
+            }
+            for o in outcomes
+        ]  # fmt: skip
+
+    def aggregate(self, rows) -> dict[str, float]:
+        passed = sum(bool(r["passed"]) for r in rows)
+        n = len(rows)
+        return {"pass@1": 100.0 * passed / n if n else 0.0, "passed": float(passed), "n": float(n)}
+
+    def signature(self, rows) -> str:
+        sandboxes = sorted({r["sandbox"] for r in rows}) or ["none"]
+        return f"python_tests|sandbox:{'+'.join(sandboxes)}|n:{len(rows)}"
+
+
+class UserMetric(Metric):
+    """``module:function`` from the task folder (``<folder>/<module>.py``) or the Python path:
+    ``function(prediction, reference, record) -> float`` in [0, 1] per instance; reported as 100 x mean.
+
+    Its version (part of every run key) is the content of the module file and of ``files``: other files of the
+    folder the function reads (e.g. a database), so editing any of them re-scores cached runs.
+    """
+
+    primary = "score"
+    field = "score"
+
+    def __init__(self, spec: str, folder: Path | None = None, primary: str | None = None,
+                 files: Sequence[str] = ()):  # fmt: skip
+        self.spec, self.folder = spec, folder
+        self.primary = primary or self.primary
+        self.name = spec
+        module_name, _, func = spec.partition(":")
+        self.function = getattr(import_from_folder(module_name, folder), func, None)
+        if not callable(self.function):
+            raise ValueError(f"metric {spec!r}: {module_name} has no function {func!r}")
+        self.files = tuple(files)
+        self.version = _digest(module_name, folder, self.files)
+
+    def rows(self, task, instances, predictions, **_: Any) -> list[dict]:
+        rows = _pairs(instances, predictions)
+        for inst, r in zip(instances, rows, strict=True):
+            value = float(self.function(r["prediction"], inst.reference, dict(inst.meta)))
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"metric {self.spec}: instance {inst.id}: returned {value}, expected a value in [0, 1]")
+            r["score"] = value
+        return rows
+
+
+def import_from_folder(module_name: str, folder: Path | None):
+    local = folder / f"{module_name}.py" if folder is not None else None
+    if local is not None and local.is_file():
+        spec = importlib.util.spec_from_file_location(f"promptintern_user_metric.{module_name}", local)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        where = f" (no {local})" if local is not None else ""
+        raise ValueError(f"metric module {module_name!r} cannot be imported{where}: {exc}") from None
+
+
+def _digest(module_name: str, folder: Path | None, files: Sequence[str]) -> str:
+    """A user metric's version: the sha256 of its module's source and of the data ``files`` it reads."""
+    from promptintern.keys import content_key, file_sha256
+
+    local = folder / f"{module_name}.py" if folder is not None else None
+    if local is not None and local.is_file():
+        module = local
+    else:
+        spec = importlib.util.find_spec(module_name)
+        module = Path(spec.origin) if spec and spec.origin else None
+    parts = {"module": file_sha256(module) if module else "unknown"}
+    for name in files:
+        path = (folder or Path(".")) / name
+        if not path.is_file():
+            raise ValueError(f"metric {module_name}: files: {path} not found")
+        parts[name] = file_sha256(path)
+    return content_key("user-metric", parts, length=16)
