@@ -6,7 +6,7 @@
 * Direct fine-tuning (Tables 2–4): template + k shots, template×0.6 + k/2 shots, template only, no template,
   trained and served with the same prompt.
 * Untrained rows: query only (``zero-shot``), the full prompt (``zero-shot-full``) and the full prompt with
-  its shared prefix's KV cache reused (``prefix-cached``, :mod:`promptintern.prefix_cache`).
+  its shared prefix's KV cache reused (``prefix-cached``, :mod:`promptintern.serving.prefix_cache`).
 * Gist tokens (Table 7): :mod:`promptintern.baselines.gist`.
 
 Backends live next to this file (``selective_context``, ``llm_generation`` + ``local_server``, ``gist``);

@@ -6,8 +6,8 @@ gist cannot attend to any token before the first gist, so everything the prefix 
 activations), the loss is on the answer only, and at serving time only the gists' key/values are cached and the
 prefix is dropped. The gist embedding starts at the mean of the existing embedding rows.
 
-Differences: (1) LoRA (the PromptIntern stage machinery of :mod:`promptintern.train`, reused through
-:class:`~promptintern.train.StageHooks`) plus a trainable gist embedding row (peft ``trainable_token_indices``,
+Differences: (1) LoRA (the PromptIntern stage machinery of :mod:`promptintern.training.trainer`, reused through
+:class:`~promptintern.training.trainer.StageHooks`) plus a trainable gist embedding row (peft ``trainable_token_indices``,
 which peft 0.21 supports together with LoRA: only the gist row is trained and saved, instead of the whole
 embedding matrix that ``modules_to_save=["embed_tokens"]`` would train and save), instead of full fine-tuning;
 (2) the compressed prefix is everything of the rendered prompt before the query (chat header, PromptIntern's
@@ -33,13 +33,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from promptintern.collate import PadCollator
-from promptintern.generate import Generation, cut_at_stop
 from promptintern.io import write_json
-from promptintern.models import load_model, load_tokenizer
-from promptintern.prompt import Prompt
-from promptintern.stages import TrainExample
-from promptintern.train import StageHooks, TrainConfig, is_main_process, train_progressive
+from promptintern.methods.stages import TrainExample
+from promptintern.prompting.prompt import Prompt
+from promptintern.serving.generate import Generation, cut_at_stop
+from promptintern.serving.models import load_model, load_tokenizer
+from promptintern.training.collate import PadCollator
+from promptintern.training.trainer import StageHooks, TrainConfig, is_main_process, train_progressive
 
 GIST_TOKEN = "<GIST>"
 SETTINGS_FILE = "gist.json"
@@ -234,7 +234,7 @@ def train_gist(
 ) -> Path:
     """Train a LoRA adapter + the gist embedding through ``stages``; returns ``output_dir/adapter``.
 
-    Same layout, resume and refusal rules as :func:`promptintern.train.train_progressive` (``num_gist`` is
+    Same layout, resume and refusal rules as :func:`promptintern.training.trainer.train_progressive` (``num_gist`` is
     fingerprinted too). The final adapter folder also holds the tokenizer with ``<GIST>`` and ``gist.json``.
     """
     if not isinstance(num_gist, int) or num_gist < 1:

@@ -336,7 +336,7 @@ class LLMGenerationCompressor(BaseCompressor):
         if self.local:
             gguf = self.server_options.get("gguf_path")
             if gguf is None:
-                from promptintern.models import embedded_gguf_path
+                from promptintern.serving.models import embedded_gguf_path
 
                 gguf = embedded_gguf_path()
             return f"local-llama-cpp:{_gguf_sha256(str(gguf))[:16]}"

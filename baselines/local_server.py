@@ -2,7 +2,7 @@
 
 :class:`LocalOpenAIServer` runs ``python -m llama_cpp.server`` (the server shipped with
 ``llama-cpp-python[server]``) as a subprocess on ``127.0.0.1`` with a GGUF model, by default the suite's
-embedded SmolLM2-135M-Instruct (:func:`promptintern.models.embedded_gguf_path`), waits until
+embedded SmolLM2-135M-Instruct (:func:`promptintern.serving.models.embedded_gguf_path`), waits until
 ``GET /v1/models`` answers and stops it again (SIGTERM, then SIGKILL) when the block ends.  It stands in for
 the OpenAI API the paper used (GPT-4); any client that speaks the OpenAI protocol, e.g. the ``openai``
 package, talks to :attr:`LocalOpenAIServer.base_url`.  It only ever binds the loopback interface.
@@ -74,7 +74,7 @@ class LocalOpenAIServer:
         if host != LOOPBACK:
             raise ValueError(f"LocalOpenAIServer only binds {LOOPBACK}, got host={host!r}")
         if gguf_path is None:
-            from promptintern.models import embedded_gguf_path
+            from promptintern.serving.models import embedded_gguf_path
 
             gguf_path = embedded_gguf_path()
         self.gguf_path = Path(gguf_path)

@@ -19,7 +19,7 @@ kept fraction of ``cl100k_base`` tokens only approximates ``rate`` (exactly ``n 
 
 Differences from the original, and why:
 
-* LM: any local causal LM through :func:`promptintern.models.load_model` (default ``"embedded"``,
+* LM: any local causal LM through :func:`promptintern.serving.models.load_model` (default ``"embedded"``,
   SmolLM2-135M-Instruct, in float32) instead of GPT-2 small from the hub.  The prefix is the tokenizer's
   ``<|endoftext|>`` token when it has one (SmolLM2 does, id 0), else its BOS, else its EOS token.
 * Token strings: the package decodes each GPT-2 token alone, which turns a character split over several
@@ -284,7 +284,7 @@ class SelectiveContextCompressor(BaseCompressor):
     def language_model(self) -> tuple[Any, Any, int | None]:
         """``(model, tokenizer, prefix_id)``, loaded on first use."""
         if self._lm is None:
-            from promptintern.models import load_model, load_tokenizer
+            from promptintern.serving.models import load_model, load_tokenizer
 
             tokenizer = load_tokenizer(self.model)
             model = load_model(self.model, self._device(), dtype="float32")

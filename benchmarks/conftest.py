@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from promptintern.models import EMBEDDED, ModelNotFoundError, load_model, load_tokenizer
+from promptintern.serving.models import EMBEDDED, ModelNotFoundError, load_model, load_tokenizer
 from promptintern.testing import char_tokenizer, save_tiny_llama
 
 EMBEDDED_ENV = "PROMPTINTERN_BENCH_EMBEDDED"

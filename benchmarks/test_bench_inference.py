@@ -10,10 +10,10 @@ decodes exactly 16 new tokens (``min_new_tokens``), so the timings differ by the
 
 import pytest
 
-from promptintern.generate import generate
-from promptintern.prefix_cache import PrefixCachedGenerator
-from promptintern.prompt import build_prompt
-from promptintern.retrieve import ExampleRetriever
+from promptintern.prompting.prompt import build_prompt
+from promptintern.prompting.retrieve import ExampleRetriever
+from promptintern.serving.generate import generate
+from promptintern.serving.prefix_cache import PrefixCachedGenerator
 
 SHOTS, NEW, PREPARE = 5, 16, 8
 

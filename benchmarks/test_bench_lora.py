@@ -10,9 +10,9 @@ weights; both modes decode the same query-only MBPP prompt for exactly 16 new to
 import pytest
 import torch
 
-from promptintern.generate import generate
-from promptintern.prompt import build_prompt
-from promptintern.train import TrainConfig, lora_config
+from promptintern.prompting.prompt import build_prompt
+from promptintern.serving.generate import generate
+from promptintern.training.trainer import TrainConfig, lora_config
 
 NEW = 16
 
@@ -21,7 +21,7 @@ NEW = 16
 def lora_models(bench_model_name, mbpp):
     from peft import get_peft_model
 
-    from promptintern.models import load_model, load_tokenizer
+    from promptintern.serving.models import load_model, load_tokenizer
 
     tok = load_tokenizer(bench_model_name)
     config = lora_config(TrainConfig(model=bench_model_name, output_dir="unused"))  # the trainer's defaults

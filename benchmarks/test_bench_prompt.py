@@ -2,10 +2,10 @@
 
 import pytest
 
-from promptintern.models import EMBEDDED
-from promptintern.prompt import build_prompt
+from promptintern.prompting.prompt import build_prompt
+from promptintern.prompting.tokens import counter_for
+from promptintern.serving.models import EMBEDDED
 from promptintern.tasks import get_task
-from promptintern.tokens import counter_for
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ off in both. ``extra_info``: bank size, queries, k, queries per second.
 
 import pytest
 
-from promptintern.retrieve import ExampleRetriever
+from promptintern.prompting.retrieve import ExampleRetriever
 from promptintern.tasks import get_task
 
 K, QUERIES = 10, 50

@@ -9,10 +9,10 @@ adapter). ``extra_info``: the Trainer's own wall time for the step (``train_wall
 import itertools
 import json
 
-from promptintern.prompt import build_prompt
-from promptintern.retrieve import ExampleRetriever
-from promptintern.stages import TrainExample
-from promptintern.train import TrainConfig, train_progressive
+from promptintern.methods.stages import TrainExample
+from promptintern.prompting.prompt import build_prompt
+from promptintern.prompting.retrieve import ExampleRetriever
+from promptintern.training.trainer import TrainConfig, train_progressive
 
 SHOTS = 5
 

@@ -89,8 +89,8 @@ def data_fetch(
     """Download datasets from their public sources (or a mirror), verifying sha256."""
     from rich.progress import Progress
 
-    from promptintern.fetch import fetch, file_specs
     from promptintern.paths import fetched_data_dir
+    from promptintern.tasks.fetch import fetch, file_specs
 
     dest = dest or fetched_data_dir()
     specs = file_specs(dataset or None)
@@ -124,8 +124,8 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Score predictions (or the references with --oracle) on a split."""
-    from promptintern.evaluate import evaluate, failures, load_predictions, oracle_predictions
-    from promptintern.predictions import PredictionsError, write_jsonl
+    from promptintern.evaluation.predictions import PredictionsError, write_jsonl
+    from promptintern.evaluation.scoring import evaluate, failures, load_predictions, oracle_predictions
 
     if oracle == (predictions is not None):
         raise typer.BadParameter("give exactly one of --predictions FILE or --oracle")
@@ -170,7 +170,7 @@ def prompt_cmd(
     model: str | None = typer.Option(None, help="Render with this model's chat template (e.g. embedded)."),
 ) -> None:
     """Print one instance's rendered prompt."""
-    from promptintern.prompt import build_prompt
+    from promptintern.prompting.prompt import build_prompt
 
     task = get_task(task_name)
     found = [i for i in task.load(split) if i.id == instance_id]
@@ -179,7 +179,7 @@ def prompt_cmd(
     prompt = build_prompt(task, found[0], task.template() if template else None)
     tokenizer = None
     if model:
-        from promptintern.models import load_tokenizer
+        from promptintern.serving.models import load_tokenizer
 
         tokenizer = load_tokenizer(model)
     typer.echo(prompt.render(tokenizer))
@@ -193,14 +193,14 @@ def _stdout_to_stderr():
 
 
 def _experiment(task_name: str, method: str, profile: str, model: str | None, **options):
+    from promptintern.harness.experiment import Experiment
     from promptintern.profile import load_profile
-    from promptintern.run import Experiment
 
     return Experiment(task_name, method, load_profile(profile), model, **options)
 
 
 def _method_option() -> str:
-    from promptintern.methods import method_names
+    from promptintern.methods.registry import method_names
 
     return typer.Option("promptintern", "--method", "-m", help=f"One of: {', '.join(method_names())}")
 
@@ -273,7 +273,7 @@ def run_cmd(
     table.add_row("latency s (mean)", f"{result['latency_s_mean']:.3f}")
     table.add_row("n", str(result["n"]))
     if baseline:
-        from promptintern.compare import compare
+        from promptintern.evaluation.compare import compare
 
         ref = _experiment(exp.task_name, baseline, profile, model)
         with _stdout_to_stderr():
@@ -322,9 +322,9 @@ def tokens_cmd(
 
     With cl100k (``--model openai:gpt-4``) the paper's figures (Tables 2-4) are printed beside ours.
     """
-    from promptintern.paper_figures import CONFIGURATIONS, compare
+    from promptintern.harness.experiment import Experiment
+    from promptintern.harness.paper_figures import CONFIGURATIONS, compare
     from promptintern.profile import load_profile
-    from promptintern.run import Experiment
     from promptintern.tasks import TEMPLATE_VARIANTS, resolve_task
 
     task_name = resolve_task(task_name)
@@ -384,9 +384,9 @@ def show_prompts_cmd(
         typer.echo(example[0].prompt.to_text())
 
 
-from promptintern.lm_eval_cli import lm_eval_cmd  # noqa: E402 (imports lm_eval only when run)
-from promptintern.reproduce import reproduce_cmd  # noqa: E402
-from promptintern.submit_cli import data_export_cmd, leaderboard_cmd, submit_cmd  # noqa: E402
+from promptintern.harness.lm_eval_cli import lm_eval_cmd  # noqa: E402 (imports lm_eval only when run)
+from promptintern.harness.reproduce import reproduce_cmd  # noqa: E402
+from promptintern.harness.submit_cli import data_export_cmd, leaderboard_cmd, submit_cmd  # noqa: E402
 
 app.command("lm-eval")(lm_eval_cmd)
 app.command("reproduce")(reproduce_cmd)
@@ -401,9 +401,9 @@ def main() -> None:
         app()
     except Exception as exc:  # user-facing errors: one clear line, non-zero exit
         from promptintern.baselines import BaselineUnavailable
-        from promptintern.fetch import FetchError
-        from promptintern.models import ModelNotFoundError
         from promptintern.paths import DataNotFoundError
+        from promptintern.serving.models import ModelNotFoundError
+        from promptintern.tasks.fetch import FetchError
 
         known = (FetchError, ModelNotFoundError, DataNotFoundError, BaselineUnavailable, ValueError)
         if isinstance(exc, known):

@@ -136,7 +136,7 @@ def model_identity(name: str) -> dict[str, Any]:
     local cache resolves it to (``None`` when it was never downloaded: loading it will then fail anyway).
     An ``openai:<model>`` name or any other API model is its name.
     """
-    from promptintern.models import EMBEDDED, embedded_gguf_path
+    from promptintern.serving.models import EMBEDDED, embedded_gguf_path
 
     if name == EMBEDDED:
         gguf = embedded_gguf_path()

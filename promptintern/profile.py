@@ -75,7 +75,7 @@ class BaselineSpec(_Strict):
 @dataclass
 class TrainSettings:
     """LoRA and Trainer settings a profile can set, with their defaults (the trainer's
-    :class:`~promptintern.train.TrainConfig` extends it with the run's model, folder and machine)."""
+    :class:`~promptintern.training.trainer.TrainConfig` extends it with the run's model, folder and machine)."""
 
     lora_r: int = 32
     lora_alpha: int = 64

@@ -6,7 +6,7 @@ content-keyed cache folder and returns it for ``--include_path`` / ``TaskManager
 built-ins and user task folders (``promptintern lm-eval --task ./my-task``) are served alike.
 
 - Documents come from the suite's own loaders (``get_task(ref).load(split)``, nothing is downloaded).
-- The context is the suite's :class:`~promptintern.prompt.Prompt`, rendered by :class:`PromptInternTask`
+- The context is the suite's :class:`~promptintern.prompting.prompt.Prompt`, rendered by :class:`PromptInternTask`
   exactly as the suite renders it (template in the system turn; ``Prompt.to_text()`` without a chat
   template), so lm-eval's ``num_fewshot`` sampler is not used (shots come from the ``_full`` variants).
 - Generation length and stop strings are the task's (``max_new_tokens``, ``stop`` in its ``task.yaml``):
@@ -37,7 +37,7 @@ from typing import Any
 
 from lm_eval.api.task import ConfigurableTask
 
-from promptintern.prompt import Prompt, build_prompt
+from promptintern.prompting.prompt import Prompt, build_prompt
 from promptintern.tasks import BUILTIN_DIR, Instance, Task, TaskScore, get_task, resolve_task, task_folder
 from promptintern.tasks import task_names as registered_tasks
 from promptintern.tasks.metrics import Metric, PythonTests
@@ -239,7 +239,7 @@ def prompts_for(
     _check_prompt(prompt)
     if prompt == "query":
         return [build_prompt(task, inst) for inst in instances]
-    from promptintern.stages import example_map
+    from promptintern.methods.stages import example_map
 
     k = task.shots if shots is None else int(shots)
     if k < 0:

@@ -94,7 +94,7 @@ class Metric:
 
     def interval(self, rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> tuple[float, float]:
         """95 % percentile bootstrap interval of the primary value over instances."""
-        from promptintern.stats import mean_ci
+        from promptintern.evaluation.stats import mean_ci
 
         return mean_ci([100.0 * float(r[self.field]) for r in rows], **kwargs)
 
@@ -194,7 +194,7 @@ class _Corpus(Metric):
         return {self.primary: self._corpus(rows)[0], f"{self.field}_mean": mean, "n": float(n)}
 
     def interval(self, rows, **kwargs: Any) -> tuple[float, float]:
-        from promptintern.stats import corpus_ci
+        from promptintern.evaluation.stats import corpus_ci
 
         return corpus_ci(self.scorer(), [r["prediction"] for r in rows], [r["reference"] for r in rows], **kwargs)
 

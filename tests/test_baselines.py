@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from promptintern.baselines import COMPRESSION_BASELINES, DIRECT_FT, ZERO_SHOT, BaselineUnavailable
 from promptintern.cli import app
 from promptintern.compress.lingua import LLMLINGUA2_ENV
+from promptintern.harness.experiment import METHODS, Experiment
 from promptintern.profile import load_profile
-from promptintern.run import METHODS, Experiment
 from promptintern.tasks import Template, get_task
 
 runner = CliRunner()

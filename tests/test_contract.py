@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import needs_bwrap
 
-from promptintern.methods import method_names
+from promptintern.harness.experiment import Experiment
+from promptintern.methods.registry import method_names
 from promptintern.paths import DataNotFoundError
 from promptintern.profile import load_profile
-from promptintern.run import Experiment
 from promptintern.tasks import PAPER_TASKS, get_task
 from promptintern.testing import write_task_folder
 

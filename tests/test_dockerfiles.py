@@ -76,7 +76,7 @@ def test_suite_image_installs_what_the_cli_needs():
     (script,) = metadata.entry_points(group="console_scripts", name="promptintern")
     assert entry == ["promptintern"] and script.value == "promptintern.cli:main"
     assert dict(steps)["FROM"] == "${BASE}" and any(k == "ARG" and a.startswith("BASE=") for k, a in steps)
-    from promptintern.tables import SPEC_DIR
+    from promptintern.harness.tables import SPEC_DIR
 
     assert SPEC_DIR == REPO_ROOT / "benchmarks" / "tables" and list(SPEC_DIR.glob("*.yaml"))
 

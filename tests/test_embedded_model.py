@@ -3,11 +3,17 @@
 import pytest
 from conftest import make_home
 
-from promptintern.generate import generate
-from promptintern.models import EMBEDDED, embedded_checkpoint, embedded_gguf_path, load_model, load_tokenizer
-from promptintern.prompt import build_prompt
+from promptintern.prompting.prompt import build_prompt
+from promptintern.prompting.tokens import counter_for
+from promptintern.serving.generate import generate
+from promptintern.serving.models import (
+    EMBEDDED,
+    embedded_checkpoint,
+    embedded_gguf_path,
+    load_model,
+    load_tokenizer,
+)
 from promptintern.tasks import get_task
-from promptintern.tokens import counter_for
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from promptintern.fetch import FetchError, fetch, file_specs
 from promptintern.paths import data_file
+from promptintern.tasks.fetch import FetchError, fetch, file_specs
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

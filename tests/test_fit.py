@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from promptintern.prompt import build_prompt
-from promptintern.stages import ContextBudget, FitStats, PromptTooLongError, fit_prompt
+from promptintern.methods.stages import ContextBudget, FitStats, PromptTooLongError, fit_prompt
+from promptintern.prompting.prompt import build_prompt
 from promptintern.tasks import Instance, Template, get_task
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from promptintern.generate import cut_at_stop, generate
-from promptintern.models import load_model, load_tokenizer
+from promptintern.serving.generate import cut_at_stop, generate
+from promptintern.serving.models import load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")

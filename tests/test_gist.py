@@ -30,10 +30,10 @@ from promptintern.baselines.gist import (  # noqa: E402
     train_gist,
     use_gist_mask,
 )
-from promptintern.models import load_model, load_tokenizer  # noqa: E402
-from promptintern.prompt import QUESTION_HEADER, Prompt  # noqa: E402
-from promptintern.stages import TrainExample  # noqa: E402
-from promptintern.train import DONE, ConfigMismatchError, TrainConfig, last_checkpoint  # noqa: E402
+from promptintern.methods.stages import TrainExample  # noqa: E402
+from promptintern.prompting.prompt import QUESTION_HEADER, Prompt  # noqa: E402
+from promptintern.serving.models import load_model, load_tokenizer  # noqa: E402
+from promptintern.training.trainer import DONE, ConfigMismatchError, TrainConfig, last_checkpoint  # noqa: E402
 
 INSTRUCTION = "You are a calculator. Reply with the sum."
 DOCUMENT = "API: add(a, b) returns a + b."
@@ -427,7 +427,7 @@ def test_embedded_model_gist_cache_matches_masked_sequence(tmp_path_factory):
     """SmolLM2 (tied embeddings, its own chat template): split, gist row and cached decoding on the real model."""
     from conftest import make_home
 
-    from promptintern.models import EMBEDDED, embedded_checkpoint
+    from promptintern.serving.models import EMBEDDED, embedded_checkpoint
     from promptintern.tasks import get_task
 
     mp = pytest.MonkeyPatch()

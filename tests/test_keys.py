@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from promptintern import keys
+from promptintern.harness.experiment import Experiment
 from promptintern.profile import load_profile
-from promptintern.run import Experiment
 from promptintern.tasks import Instance, Template
 
 
@@ -119,7 +119,7 @@ def test_changed_template_recomputes_and_unchanged_rerun_is_cached(smoke, tiny_m
 
 def test_retrieval_and_compression_caches_are_keyed_by_content():
     from promptintern.compress.cache import CompressionCache
-    from promptintern.retrieve import ExampleRetriever
+    from promptintern.prompting.retrieve import ExampleRetriever
 
     bank = [Instance(str(i), "train", f"find file {i}", f"find . -name f{i}") for i in range(5)]
     r = ExampleRetriever(bank, field="answer")

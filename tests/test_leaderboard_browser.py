@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from promptintern import leaderboard
-from promptintern.evaluate import oracle_predictions
-from promptintern.submissions import submit
+from promptintern.evaluation.scoring import oracle_predictions
+from promptintern.harness import leaderboard
+from promptintern.harness.submissions import submit
 from promptintern.tasks import get_task
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

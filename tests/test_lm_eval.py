@@ -20,7 +20,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 import promptintern.tasks as registry  # noqa: E402
 from promptintern.paths import DataNotFoundError, data_file  # noqa: E402
-from promptintern.prompt import build_prompt  # noqa: E402
+from promptintern.prompting.prompt import build_prompt  # noqa: E402
 from promptintern.tasks import get_task  # noqa: E402
 from promptintern.tasks import lm_eval_support as support  # noqa: E402
 from promptintern.tasks.lm_eval_support import include_path, mean_metrics, task_names  # noqa: E402
@@ -263,8 +263,8 @@ def test_tiny_model_query_only_all_tasks(manager, tiny_model_dir):
 
 def test_full_prompt_with_chat_template_matches_zero_shot_full(manager, tiny_model_dir):
     """The context is what the suite's zero-shot-full run renders with the model's chat template."""
+    from promptintern.harness.experiment import Experiment
     from promptintern.profile import load_profile
-    from promptintern.run import Experiment
 
     exp = Experiment("nl2f", "zero-shot-full", load_profile("smoke"), model=str(tiny_model_dir))
     suite = [p.render(char_tokenizer()) for p in exp.inference_prompts()[:2]]
@@ -286,8 +286,8 @@ def test_full_prompt_with_chat_template_matches_zero_shot_full(manager, tiny_mod
     assert exp.inference_plan.shots > 0 and "## Example 1" in contexts[0]
     assert contexts == suite
     # and lm-eval's greedy continuation is the suite's own generate() output
-    from promptintern.generate import generate
-    from promptintern.models import load_model, load_tokenizer
+    from promptintern.serving.generate import generate
+    from promptintern.serving.models import load_model, load_tokenizer
 
     ours = generate(
         load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir)), suite, max_new_tokens=8
@@ -313,8 +313,8 @@ def test_cli_command_writes_summary_and_predictions(tiny_model_dir, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from promptintern.lm_eval_cli import lm_eval_cmd
-    from promptintern.predictions import read_predictions
+    from promptintern.evaluation.predictions import read_predictions
+    from promptintern.harness.lm_eval_cli import lm_eval_cmd
 
     app = typer.Typer()
     app.command("lm-eval")(lm_eval_cmd)
@@ -430,8 +430,8 @@ def test_cli_runs_a_task_folder(tiny_model_dir, tmp_path, isolated_registry):
     import typer
     from typer.testing import CliRunner
 
-    from promptintern.lm_eval_cli import lm_eval_cmd
-    from promptintern.predictions import read_predictions
+    from promptintern.evaluation.predictions import read_predictions
+    from promptintern.harness.lm_eval_cli import lm_eval_cmd
 
     app = typer.Typer()
     app.command("lm-eval")(lm_eval_cmd)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from promptintern import methods
-from promptintern.methods import METHODS, Fixed, Method, get_method, method_names, register_method
+from promptintern.harness.experiment import Experiment
+from promptintern.methods import registry as methods
+from promptintern.methods.registry import METHODS, Fixed, Method, get_method, method_names, register_method
 from promptintern.profile import load_profile
-from promptintern.run import Experiment
 
 
 @pytest.fixture()
@@ -37,7 +37,7 @@ def test_a_new_method_is_one_registration(registry, tiny_model_dir):
     assert exp.key != Experiment("nl2bash", "ft-template", smoke, model=str(tiny_model_dir)).key
     result = exp.evaluate(progress=False)
     assert result["method"] == "ft-half-template" and result["template"]["rate_requested"] == 0.5
-    from promptintern.tables import RowSpec
+    from promptintern.harness.tables import RowSpec
 
     assert RowSpec(label="x", method="ft-half-template").method == "ft-half-template"
 
@@ -45,14 +45,14 @@ def test_a_new_method_is_one_registration(registry, tiny_model_dir):
 def test_runner_has_no_method_name_branches():
     import inspect
 
-    import promptintern.run as run
+    import promptintern.harness.experiment as run
 
     source = inspect.getsource(run)
     assert "self.method ==" not in source and "self.method !=" not in source and "self.method in" not in source
 
 
 def test_installed_plugins_register_methods_by_entry_point(registry, monkeypatch):
-    """A package installed with a ``promptintern.methods`` entry point adds its method; no core file changes."""
+    """A package installed with a ``promptintern.methods.registry`` entry point adds its method; no core file changes."""
     from importlib import metadata
 
     class EntryPoint:

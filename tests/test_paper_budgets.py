@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from promptintern.cli import app
-from promptintern.paper_figures import (
+from promptintern.harness.paper_figures import (
     CONFIGURATIONS,
     PAPER_SHOTS,
     compare,
@@ -28,9 +28,9 @@ BUDGETED = ("ft-template", "zero-shot-full")  # template only, template + k shot
 
 
 def _mean_tokens(task_name: str, method: str, template: str = "paper") -> float:
+    from promptintern.harness.experiment import Experiment
     from promptintern.profile import load_profile
-    from promptintern.run import Experiment
-    from promptintern.tokens import counter_for
+    from promptintern.prompting.tokens import counter_for
 
     profile = load_profile("cpu").model_copy(update={"template": template})
     exp = Experiment(task_name, method, profile, "openai:gpt-4", full_test=True)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from promptintern.predictions import PredictionsError, read_predictions, write_jsonl
+from promptintern.evaluation.predictions import PredictionsError, read_predictions, write_jsonl
 from promptintern.tasks.base import Instance
 
 INSTANCES = [Instance(str(i), "test", f"q{i}", f"a{i}") for i in (1, 2, 3)]

@@ -6,10 +6,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from promptintern.generate import generate  # noqa: E402
-from promptintern.models import load_model, load_tokenizer  # noqa: E402
-from promptintern.prefix_cache import PrefixCachedGenerator, common_prefix_length  # noqa: E402
-from promptintern.prompt import Prompt  # noqa: E402
+from promptintern.prompting.prompt import Prompt  # noqa: E402
+from promptintern.serving.generate import generate  # noqa: E402
+from promptintern.serving.models import load_model, load_tokenizer  # noqa: E402
+from promptintern.serving.prefix_cache import PrefixCachedGenerator, common_prefix_length  # noqa: E402
 
 TEMPLATE = "You write Python functions. Keep them short.\n\nDocs: len(x) returns the length of x."
 SHOTS = ("## Example 1\nQ: add two numbers\nA: def f(a, b): return a + b",)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from promptintern.prompt import EXAMPLES_HEADER, Prompt, build_prompt
+from promptintern.prompting.prompt import EXAMPLES_HEADER, Prompt, build_prompt
+from promptintern.prompting.tokens import HFTokenCounter, TiktokenCounter, counter_for, tiktoken_encoding
 from promptintern.tasks import get_task
-from promptintern.tokens import HFTokenCounter, TiktokenCounter, counter_for, tiktoken_encoding
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from promptintern.harness.experiment import Experiment
+from promptintern.harness.reproduce import reproduce, reproduce_cmd
+from promptintern.harness.store import ResultsStore
 from promptintern.profile import load_profile
-from promptintern.reproduce import reproduce, reproduce_cmd
-from promptintern.run import Experiment
-from promptintern.store import ResultsStore
-from promptintern.tokens import counter_for
+from promptintern.prompting.tokens import counter_for
 
 TINY = """id: "{id}"
 title: "Table {id}: tiny"
@@ -81,7 +81,7 @@ def test_reproduce_end_to_end_then_cached(tmp_path, tiny_model_dir, monkeypatch)
         def no_training(*a, **k):
             raise AssertionError("training ran again")
 
-        monkeypatch.setattr("promptintern.train.train_progressive", no_training)
+        monkeypatch.setattr("promptintern.training.trainer.train_progressive", no_training)
         again = reproduce(smoke, "9", store=store, **kw)
         assert again["rows"] == summary["rows"] and adapter.stat().st_mtime_ns == mtime
         assert all(e["wall_s"] < 5 for e in again["experiments"]), again["experiments"]

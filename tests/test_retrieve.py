@@ -7,9 +7,9 @@ import random
 import pytest
 import sacrebleu
 
-import promptintern.retrieve as R
+import promptintern.prompting.retrieve as R
 from promptintern.paths import cache_dir
-from promptintern.retrieve import ExampleRetriever, query_bleu, retrieve_all
+from promptintern.prompting.retrieve import ExampleRetriever, query_bleu, retrieve_all
 from promptintern.tasks.base import Instance
 
 WORDS = "find all files the in current directory , . 's ( ) - 10 3.5 list x & &amp; name *.txt".split()
@@ -129,7 +129,7 @@ def test_retrieve_all_deterministic_and_cached(monkeypatch):
 
 def test_answer_field_ranks_by_gold_outputs():
     """Eq. 3: with field="answer" the scores are BLEU between references, whatever the queries say."""
-    from promptintern.retrieve import ExampleRetriever
+    from promptintern.prompting.retrieve import ExampleRetriever
     from promptintern.tasks import Instance
 
     bank = [

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from promptintern.evaluation.stats import mean_ci
+from promptintern.harness.experiment import Experiment
 from promptintern.profile import ProfileError, available, load_profile
-from promptintern.run import Experiment
-from promptintern.stats import mean_ci
 
 
 def test_builtin_profiles_validate():
@@ -143,7 +143,7 @@ def test_merge_adapter_enters_the_key_only_where_it_applies(smoke, monkeypatch):
         )
 
     seen = []
-    monkeypatch.setattr("promptintern.train.load_for_inference", lambda *a, **k: seen.append(k) or ("m", "t"))
+    monkeypatch.setattr("promptintern.training.trainer.load_for_inference", lambda *a, **k: seen.append(k) or ("m", "t"))
     for exp in (unmerged, merged):
         monkeypatch.setattr(exp, "train", lambda progress=True: "adapter-dir")
         assert exp._load_for_generation(progress=False) == ("m", "t")
@@ -152,8 +152,8 @@ def test_merge_adapter_enters_the_key_only_where_it_applies(smoke, monkeypatch):
 
 def test_table1_promptintern_row_serves_the_compressed_template(smoke, tiny_model_dir):
     """Table 1 / Table 5 "w/ τ = 0.3": linear 1 -> 0.3, the 0.3 template kept at the last stage and at inference."""
-    from promptintern.reproduce import apply_overrides
-    from promptintern.tables import load_spec
+    from promptintern.harness.reproduce import apply_overrides
+    from promptintern.harness.tables import load_spec
 
     row = next(r for r in load_spec(1).rows if r.method == "promptintern")
     exp = Experiment("nl2bash", "promptintern", apply_overrides(smoke, row.overrides), model=str(tiny_model_dir))
@@ -174,7 +174,7 @@ def test_table1_promptintern_row_serves_the_compressed_template(smoke, tiny_mode
 
 def test_training_retrieves_by_gold_output_and_test_time_by_query(smoke, monkeypatch):
     """Eq. 3: training instances' examples are ranked by BLEU between gold outputs; test prompts by queries."""
-    from promptintern import stages
+    from promptintern.methods import stages
 
     seen = []
     real = stages.ExampleRetriever
@@ -221,7 +221,7 @@ def test_task_sections_are_typed_and_override_the_shared_ones():
     cpu = load_profile("cpu")
     assert cpu.generation_for("mbpp").max_new_tokens == 256 and cpu.generation_for("mbpp").merge_adapter is True
     assert cpu.generation_for("nl2bash").max_new_tokens is None
-    from promptintern.reproduce import apply_overrides
+    from promptintern.harness.reproduce import apply_overrides
 
     with pytest.raises(ProfileError, match=r"tasks\.sql: unknown task"):
         apply_overrides(cpu, {"tasks": {"sql": {"shots": 1}}})

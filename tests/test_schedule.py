@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from promptintern.schedule import PATTERNS, Schedule, example_counts
+from promptintern.methods.schedule import PATTERNS, Schedule, example_counts
 from promptintern.tasks import get_task
 
 

@@ -5,9 +5,9 @@ import sqlite3
 
 import pytest
 
-from promptintern import provenance
-from promptintern.cost import PriceError, cost, load_prices
-from promptintern.store import ResultsStore, RunRow, StoreError
+from promptintern.evaluation.cost import PriceError, cost, load_prices
+from promptintern.harness import provenance
+from promptintern.harness.store import ResultsStore, RunRow, StoreError
 
 
 def _row(**kw):

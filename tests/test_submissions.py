@@ -13,9 +13,9 @@ import typer
 from conftest import needs_bwrap
 from typer.testing import CliRunner
 
-from promptintern import leaderboard
-from promptintern.submissions import SubmissionError, load_submission, submit
-from promptintern.submit_cli import data_export_cmd, leaderboard_cmd, submit_cmd
+from promptintern.harness import leaderboard
+from promptintern.harness.submissions import SubmissionError, load_submission, submit
+from promptintern.harness.submit_cli import data_export_cmd, leaderboard_cmd, submit_cmd
 from promptintern.tasks import get_task
 
 runner = CliRunner()
@@ -267,7 +267,7 @@ def test_costs_only_for_priced_models(tmp_path):
 def test_corpus_bleu_ci_equals_rescoring_each_resample():
     from sacrebleu.metrics import BLEU
 
-    from promptintern.stats import bootstrap_ci, corpus_bleu_ci
+    from promptintern.evaluation.stats import bootstrap_ci, corpus_bleu_ci
 
     refs = [i.reference for i in get_task("nl2bash").load("test")[:40]]
     preds = [r if k % 3 else r.split(" ")[0] + " -x foo" for k, r in enumerate(refs)]

@@ -4,11 +4,10 @@ import json
 
 import pytest
 
-from promptintern.profile import load_profile
-from promptintern.reproduce import Sizing, apply_overrides, load_sizing, tau_all
-from promptintern.run import METHODS
-from promptintern.store import ResultsStore, RunRow
-from promptintern.tables import (
+from promptintern.harness.experiment import METHODS
+from promptintern.harness.reproduce import Sizing, apply_overrides, load_sizing, tau_all
+from promptintern.harness.store import ResultsStore, RunRow
+from promptintern.harness.tables import (
     RowSpec,
     SpecError,
     TableSpec,
@@ -17,6 +16,7 @@ from promptintern.tables import (
     parse_tables,
     write_table,
 )
+from promptintern.profile import load_profile
 
 PROV = {
     "git": {"commit": "a" * 40, "dirty": True},
@@ -212,7 +212,7 @@ def test_cpu_sizing_is_documented_and_applies():
 
 
 def test_pareto_front():
-    from promptintern.plots import pareto_front
+    from promptintern.harness.plots import pareto_front
 
     points = [(56, 12), (56, 2), (900, 8), (1829, 13), (3358, 5), (1829, 13)]
     assert pareto_front(points) == [(56, 12), (1829, 13)]

@@ -18,10 +18,10 @@ pytest.importorskip("peft")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from promptintern.collate import IGNORE_INDEX, PadCollator, encode, end_of_turn  # noqa: E402
-from promptintern.models import load_tokenizer  # noqa: E402
-from promptintern.prompt import Prompt  # noqa: E402
-from promptintern.train import (  # noqa: E402
+from promptintern.prompting.prompt import Prompt  # noqa: E402
+from promptintern.serving.models import load_tokenizer  # noqa: E402
+from promptintern.training.collate import IGNORE_INDEX, PadCollator, encode, end_of_turn  # noqa: E402
+from promptintern.training.trainer import (  # noqa: E402
     DONE,
     ConfigMismatchError,
     TrainConfig,
@@ -169,7 +169,7 @@ KILLER = textwrap.dedent(
     import os, pickle, signal, sys
     import torch
     from transformers import TrainerCallback
-    from promptintern.train import train_progressive
+    from promptintern.training.trainer import train_progressive
 
     torch.set_num_threads(int(sys.argv[3]))
     stage, step = sys.argv[2].split(":")

@@ -293,7 +293,7 @@ def load_prompt_compressor(
     model: str, device: str, *, use_llmlingua2: bool = False, model_config: dict | None = None
 ) -> Any:
     """An :func:`adapter_class` instance for ``model`` on ``device``, shared within the process."""
-    from promptintern.models import ModelNotFoundError, resolve
+    from promptintern.serving.models import ModelNotFoundError, resolve
 
     key = (model, device, use_llmlingua2, json.dumps(model_config or {}, sort_keys=True, default=str))
     if key not in _LOADED:
@@ -313,7 +313,7 @@ def check_token_classifier(path: str) -> None:
     """Fail clearly unless ``path`` holds a 2-label ``*ForTokenClassification`` checkpoint."""
     from transformers import AutoConfig
 
-    from promptintern.models import ModelNotFoundError
+    from promptintern.serving.models import ModelNotFoundError
 
     try:
         config = AutoConfig.from_pretrained(path)

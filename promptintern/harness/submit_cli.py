@@ -28,7 +28,7 @@ def submit_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
 ) -> None:
     """Validate a leaderboard submission, score every task on its test split and record it once."""
-    from promptintern.submissions import SubmissionError, submit
+    from promptintern.harness.submissions import SubmissionError, submit
 
     try:
         outcome = submit(
@@ -60,8 +60,8 @@ def leaderboard_cmd(
     prices: Path | None = typer.Option(None, "--prices", help="Price file merged over the packaged one."),
 ) -> None:
     """Render the leaderboard of recorded submissions."""
+    from promptintern.harness.leaderboard import render
     from promptintern.io import atomic_write_text
-    from promptintern.leaderboard import render
 
     text = render(fmt, store, prices)
     if out is None:
@@ -81,13 +81,13 @@ def data_export_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="Write here instead of standard output."),
 ) -> None:
     """Write a split's references as a predictions JSONL (what `eval --oracle` scores)."""
-    from promptintern.evaluate import oracle_predictions
-    from promptintern.predictions import write_jsonl
+    from promptintern.evaluation.predictions import write_jsonl
+    from promptintern.evaluation.scoring import oracle_predictions
     from promptintern.tasks import get_task
 
     if not references:
         raise typer.BadParameter("nothing to export: pass --references (the only export so far)")
-    from promptintern.submissions import task_version
+    from promptintern.harness.submissions import task_version
 
     t = get_task(task)
     t.check_split(split)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Protocol
 
-from promptintern.prompt import Prompt
+from promptintern.prompting.prompt import Prompt
 
 OPENAI_PREFIX = "openai:"
 #: Tokens OpenAI chat models add per message and to prime the reply (OpenAI's published accounting).
@@ -80,6 +80,6 @@ def counter_for(model: str) -> TokenCounter:
     per name and process (experiments, context fitting and token references share it)."""
     if model.startswith(OPENAI_PREFIX):
         return cl100k_counter()
-    from promptintern.models import describe, load_tokenizer
+    from promptintern.serving.models import describe, load_tokenizer
 
     return HFTokenCounter(load_tokenizer(model), name=describe(model))

@@ -43,7 +43,7 @@ def encode(tokenizer, prompt_text: str, answer: str, *, eot: str, max_length: in
 
     The two parts are tokenised separately, as at inference the answer is generated after the prompt's
     tokens. Nothing is ever cut: prompts are fitted to the context when they are built
-    (:func:`promptintern.stages.fit_prompt`), so an input over ``max_length`` here raises ``ValueError``.
+    (:func:`promptintern.methods.stages.fit_prompt`), so an input over ``max_length`` here raises ``ValueError``.
     """
     prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
@@ -56,7 +56,7 @@ def encode(tokenizer, prompt_text: str, answer: str, *, eot: str, max_length: in
     if len(prompt) > room:
         raise ValueError(
             f"prompt of {len(prompt)} tokens + answer of {len(answer_ids)} exceed max_length={max_length}; "
-            "build prompts with promptintern.stages.fit_prompt so they fit the context"
+            "build prompts with promptintern.methods.stages.fit_prompt so they fit the context"
         )
     kept = prompt
     return Encoded(

@@ -2,11 +2,11 @@
 
 A submission holds ``submission.yaml`` (:class:`SubmissionMeta`) and one ``predictions/<task>.jsonl`` per
 task it enters, covering that task's whole ``test`` split (the predictions format of
-:mod:`promptintern.predictions`). Validation collects every problem (file, line, field) before raising
+:mod:`promptintern.evaluation.predictions`). Validation collects every problem (file, line, field) before raising
 :class:`SubmissionError`; nothing is stored unless all tasks validate and score. Tarballs are extracted by
 hand: absolute names, ``..``, links and special files are refused, and sizes are capped.
 
-Results go to the SQLite results store (:class:`promptintern.store.ResultsStore`) in two tables of their
+Results go to the SQLite results store (:class:`promptintern.harness.store.ResultsStore`) in two tables of their
 own, ``submissions`` and ``submission_scores``, written in one transaction. A submission is identified by
 the sha256 of its canonical predictions plus the evaluator versions (package version, each task's metric
 signature and test-split version), so an identical resubmission is reported as already present. The
@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from promptintern.predictions import Prediction, PredictionsError, read_predictions
+from promptintern.evaluation.predictions import Prediction, PredictionsError, read_predictions
 from promptintern.tasks import PAPER_TASKS, Instance, Task, TaskScore, get_task
 
 if TYPE_CHECKING:
-    from promptintern.store import ResultsStore
+    from promptintern.harness.store import ResultsStore
 
 SUBMISSION_FILE = "submission.yaml"
 PREDICTIONS_DIR = "predictions"
@@ -361,8 +361,8 @@ def load_submission(path: str | Path) -> Submission:
 
 # -- scoring -------------------------------------------------------------------------------------------
 def score_ci(task: Task, score: TaskScore, *, resamples: int = CI_RESAMPLES) -> tuple[float, float]:
-    """95 % bootstrap interval of the primary metric (:func:`promptintern.evaluate.confidence_interval`)."""
-    from promptintern.evaluate import confidence_interval
+    """95 % bootstrap interval of the primary metric (:func:`promptintern.evaluation.scoring.confidence_interval`)."""
+    from promptintern.evaluation.scoring import confidence_interval
 
     return confidence_interval(task, score, resamples=resamples)
 
@@ -371,7 +371,7 @@ def score_submission(
     sub: Submission, *, backend: str = "bwrap", workers: int | None = None, progress: bool = False
 ) -> dict[str, TaskResult]:
     """Score every task of ``sub`` (MBPP in the ``backend`` sandbox); raises if any scoring fails."""
-    from promptintern.evaluate import evaluate
+    from promptintern.evaluation.scoring import evaluate
 
     results = {}
     for name, entry in sub.tasks.items():
@@ -453,7 +453,7 @@ def ensure_tables(store: ResultsStore) -> None:
 
 def record(store: ResultsStore, sub: Submission, results: dict[str, TaskResult]) -> SubmitOutcome:
     """Store ``sub`` with its ``results`` in one transaction, unless its content hash is already there."""
-    from promptintern.provenance import utc_now
+    from promptintern.harness.provenance import utc_now
 
     ensure_tables(store)
     evaluator = evaluator_versions(results)
@@ -511,7 +511,7 @@ def submit(
     progress: bool = False,
 ) -> SubmitOutcome:
     """Validate, score every task, then record the submission at ``path`` (see the module docstring)."""
-    from promptintern.store import ResultsStore
+    from promptintern.harness.store import ResultsStore
 
     sub = load_submission(path)
     results = score_submission(sub, backend=backend, workers=workers, progress=progress)

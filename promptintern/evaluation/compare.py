@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from promptintern.cost import load_prices
+from promptintern.evaluation.cost import load_prices
 
 PRICE_MODEL = "ft:gpt-3.5-turbo"
 

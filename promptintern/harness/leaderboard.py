@@ -1,7 +1,7 @@
-"""Leaderboard of recorded submissions (:mod:`promptintern.submissions`) as Markdown, JSON or one HTML file.
+"""Leaderboard of recorded submissions (:mod:`promptintern.harness.submissions`) as Markdown, JSON or one HTML file.
 
 Per task: the primary metric with its 95 % bootstrap interval, the submitter-reported input tokens per
-instance and the cost per instance from :mod:`promptintern.cost`. Only models the price list names
+instance and the cost per instance from :mod:`promptintern.evaluation.cost`. Only models the price list names
 (exactly, or without ``openai:``) get a cost; every other model gets a blank cost and a note, since the
 price list's ``default`` (0, meant for the suite's own local runs) would claim a free API. The HTML is one
 static file with no network access: inline CSS, vanilla-JS sortable columns (click a header; again to
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptintern.cost import Prices, load_prices
+from promptintern.evaluation.cost import Prices, load_prices
 from promptintern.tasks import PAPER_TASKS, get_task
 
 FORMATS = ("md", "json", "html")
@@ -87,8 +87,8 @@ def price_cell(cell: Cell, model: str, prices: Prices) -> None:
 
 def load(store_path: str | Path | None = None, prices_path: str | Path | None = None) -> Leaderboard:
     """Every recorded submission (oldest first) with costs from the price list (``prices_path`` merged)."""
-    from promptintern.store import ResultsStore
-    from promptintern.submissions import ensure_tables
+    from promptintern.harness.store import ResultsStore
+    from promptintern.harness.submissions import ensure_tables
 
     prices = load_prices(prices_path)
     with ResultsStore(store_path) as store:

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from promptintern.prompt import Prompt, build_prompt
-from promptintern.retrieve import ExampleRetriever
-from promptintern.schedule import Schedule, example_counts
+from promptintern.methods.schedule import Schedule, example_counts
+from promptintern.prompting.prompt import Prompt, build_prompt
+from promptintern.prompting.retrieve import ExampleRetriever
 from promptintern.tasks import Instance, Task, Template
 
 

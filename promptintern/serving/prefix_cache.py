@@ -5,7 +5,7 @@ by all prompts of a task are computed ONCE (one forward pass, a transformers ``D
 every instance: each request gets a ``copy.deepcopy`` of that cache (``crop``-ped when the request shares only
 part of the prefix; in transformers 5 ``crop`` takes minus the number of tokens to remove, a positive length
 raises), so the stored cache is never mutated, and ``model.generate`` then prefills only the rest of the
-prompt and decodes greedily, exactly as :func:`promptintern.generate.generate` does with ``batch_size=1``
+prompt and decodes greedily, exactly as :func:`promptintern.serving.generate.generate` does with ``batch_size=1``
 (``generate`` accepts the full ``input_ids`` with a prefilled cache and slices off the cached length).
 
 Accounting (differs from PromptIntern, which removes the tokens altogether):
@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from promptintern.generate import Generation, cut_at_stop
+from promptintern.serving.generate import Generation, cut_at_stop
 
 
 @dataclass

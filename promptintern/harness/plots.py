@@ -14,9 +14,9 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
+from promptintern.harness.store import RunRow
+from promptintern.methods.schedule import Schedule, example_counts
 from promptintern.profile import Profile
-from promptintern.schedule import Schedule, example_counts
-from promptintern.store import RunRow
 
 PATTERNS = ("linear", "exponential", "inverse_exponential")
 

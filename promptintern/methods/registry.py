@@ -2,10 +2,10 @@
 
 A :class:`Method` declares its stage schedules (template rate τ and example count k per stage), its template
 compressor, whether it trains, how it serves (query only, a compressed template, the full prompt, gist tokens,
-a shared prefix cache) and what enters its run key. :class:`promptintern.run.Experiment` asks the method of
+a shared prefix cache) and what enters its run key. :class:`promptintern.harness.experiment.Experiment` asks the method of
 its name and has no method-name branches, so a new method is one module with a :func:`register_method` call::
 
-    from promptintern.methods import Fixed, register_method
+    from promptintern.methods.registry import Fixed, register_method
 
     register_method(Fixed("ft-half-template", tau=0.5, shot_fraction=0.0, description="..."))
 
@@ -28,11 +28,11 @@ from promptintern.baselines import (
     BaselineUnavailable,
     CompressionBaseline,
 )
-from promptintern.schedule import Schedule
+from promptintern.methods.schedule import Schedule
 
 if TYPE_CHECKING:
-    from promptintern.prompt import Prompt
-    from promptintern.run import Experiment
+    from promptintern.harness.experiment import Experiment
+    from promptintern.prompting.prompt import Prompt
 
 
 class Method:
@@ -73,24 +73,24 @@ class Method:
         return 0
 
     def train(self, exp: Experiment, datasets, config, progress: bool) -> Path:
-        from promptintern.train import train_progressive
+        from promptintern.training.trainer import train_progressive
 
         return train_progressive(datasets, config, progress=progress)
 
     def load(self, exp: Experiment, adapter: Path | None):
         """The model and tokenizer that serve the test prompts."""
         if adapter is not None:
-            from promptintern.train import load_for_inference
+            from promptintern.training.trainer import load_for_inference
 
             return load_for_inference(exp.model, adapter, merge=exp.merges_adapter)
-        from promptintern.models import load_model, load_tokenizer
+        from promptintern.serving.models import load_model, load_tokenizer
 
         return load_model(exp.model), load_tokenizer(exp.model)
 
     def generate(self, exp: Experiment, model, tok, prompts, all_prompts, max_new_tokens: int, stop=()) -> Iterator:
         """Generations for ``prompts`` (those still to predict; ``all_prompts``: the whole test subset), each
         cut at the first of the task's ``stop`` strings."""
-        from promptintern.generate import generate
+        from promptintern.serving.generate import generate
 
         batch = exp.profile.generation_for(exp.task_name).batch_size
         rendered = [p.render(tok) for p in prompts]
@@ -134,10 +134,10 @@ class Fixed(Method):
 
 class PrefixCached(Fixed):
     """The untrained full prompt served with the key/values of the prefix shared by all test prompts
-    computed once and reused (:mod:`promptintern.prefix_cache`)."""
+    computed once and reused (:mod:`promptintern.serving.prefix_cache`)."""
 
     def generate(self, exp: Experiment, model, tok, prompts, all_prompts, max_new_tokens: int, stop=()) -> Iterator:
-        from promptintern.prefix_cache import PrefixCachedGenerator
+        from promptintern.serving.prefix_cache import PrefixCachedGenerator
 
         cached = PrefixCachedGenerator(model, tok)
         cached.prepare([p.render(tok) for p in all_prompts])  # the whole subset's prefix, so a resume reuses it
@@ -220,7 +220,7 @@ class Gist(Method):
 
     def billed_prompt_tokens(self, exp: Experiment, prompt: Prompt, counter) -> int:
         """Only the gist tokens and the query are sent; template and examples live in the gists."""
-        from promptintern.prompt import Prompt
+        from promptintern.prompting.prompt import Prompt
 
         return counter.count_prompt(Prompt(query=prompt.query)) + self.extra_prompt_tokens(exp)
 
@@ -239,8 +239,8 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
 
 
 #: Installed packages add methods through this entry-point group: each entry point names a :class:`Method`
-#: object (``[project.entry-points."promptintern.methods"] my-method = "my_pkg.methods:MY_METHOD"``).
-ENTRY_POINT_GROUP = "promptintern.methods"
+#: object (``[project.entry-points."promptintern.methods.registry"] my-method = "my_pkg.methods:MY_METHOD"``).
+ENTRY_POINT_GROUP = "promptintern.methods.registry"
 _PLUGINS: list[str] = []
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from promptintern.predictions import read_predictions
+from promptintern.evaluation.predictions import read_predictions
 from promptintern.tasks import Instance, Task, TaskScore
 
 

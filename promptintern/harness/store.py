@@ -8,7 +8,7 @@ Rows carry the metric with its 95 % interval, token counts and ratios (``tau_all
 relative to the template-only prompt as in the paper, ``tau_full`` relative to template + k shots), rates,
 latency, cost (the model's own price, and the paper's fine-tuned GPT prices on cl100k counts), a status
 (``ok`` | ``not run`` | ``failed``) with its reason, and a provenance JSON blob
-(:mod:`promptintern.provenance`).
+(:mod:`promptintern.harness.provenance`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from promptintern.harness.provenance import utc_now
 from promptintern.paths import home
-from promptintern.provenance import utc_now
 
 SCHEMA_VERSION = 2
 STATUSES = ("ok", "not run", "failed")

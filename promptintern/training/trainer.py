@@ -42,11 +42,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptintern.collate import PadCollator, encode, end_of_turn
 from promptintern.io import write_json
-from promptintern.models import load_model, load_tokenizer
+from promptintern.methods.stages import TrainExample
 from promptintern.profile import TrainSettings
-from promptintern.stages import TrainExample
+from promptintern.serving.models import load_model, load_tokenizer
+from promptintern.training.collate import PadCollator, encode, end_of_turn
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ A thin wrapper over ``lm_eval.simple_evaluate`` with the ``promptintern_*`` task
 ``promptintern.tasks.lm_eval_support.include_path`` generates from the task registry (a built-in, a task
 registered with ``--include-path`` / ``$PROMPTINTERN_INCLUDE_PATH``, or a task folder given directly): it
 resolves ``embedded`` and other suite model names, loads a PromptIntern LoRA adapter with ``peft``, picks
-device and dtype as ``promptintern.models.load_model`` does and applies the model's chat template when it
+device and dtype as ``promptintern.serving.models.load_model`` does and applies the model's chat template when it
 has one (as ``Prompt.render`` does). Results keep the suite's 0-100 scale.
 """
 
@@ -56,7 +56,7 @@ def run_lm_eval(
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from promptintern.models import load_tokenizer, resolve
+    from promptintern.serving.models import load_tokenizer, resolve
     from promptintern.tasks.lm_eval_support import include_path
 
     registered, names = _lm_eval_names(tasks, prompt)
@@ -122,7 +122,7 @@ def write_predictions(results: dict[str, Any], directory: Path) -> list[Path]:
 
     The files are predictions files of the suite (``promptintern eval --predictions F [--partial]``).
     """
-    from promptintern.predictions import write_jsonl
+    from promptintern.evaluation.predictions import write_jsonl
     from promptintern.tasks import get_task
 
     paths = []

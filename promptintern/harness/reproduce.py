@@ -1,6 +1,6 @@
 """``promptintern reproduce``: run every experiment the paper tables need, record rows, render tables + plots.
 
-The table specs (:mod:`promptintern.tables`) list (task, method, variant) cells; variants are profile
+The table specs (:mod:`promptintern.harness.tables`) list (task, method, variant) cells; variants are profile
 overrides (:func:`apply_overrides`). Each distinct experiment runs once however many tables show it (the
 run directory is keyed by the settings hash, so rows shared between tables are one cached run, and a killed
 reproduce resumes where it stopped). Per row: ``exp.unavailable()`` -> status ``not run`` with the reason;
@@ -8,7 +8,7 @@ an exception -> ``failed`` with the error, and the run goes on. As in the paper,
 input tokens by those of the TEMPLATE-ONLY prompt (``ft-template``'s prompt) and the × column is its
 inverse; ``tau_full`` divides by the full prompt (template + k shots, ``zero-shot-full``). Both references
 are counted with the model's tokenizer on the same test instances. Cost per instance uses
-:mod:`promptintern.cost`: the model's own price, and the fine-tuned gpt-3.5-turbo / gpt-4 prices on the
+:mod:`promptintern.evaluation.cost`: the model's own price, and the fine-tuned gpt-3.5-turbo / gpt-4 prices on the
 cl100k counts of the actual inputs and outputs (how the paper's API rows were billed).
 
 Per-profile sizing (``benchmarks/tables/reproduce.yaml``) restricts tasks, shrinks subsets and skips rows
@@ -36,12 +36,12 @@ from typing import Any
 import typer
 import yaml
 
-from promptintern.cost import Prices, load_prices
+from promptintern.evaluation.cost import Prices, load_prices
+from promptintern.harness.provenance import collect, utc_now
+from promptintern.harness.store import ResultsStore, RunRow
+from promptintern.harness.tables import SPEC_DIR, RowSpec, SpecError, TableSpec, load_specs, render_all
 from promptintern.io import append_jsonl, write_json
 from promptintern.profile import Profile, ProfileError, load_profile, validate_profile
-from promptintern.provenance import collect, utc_now
-from promptintern.store import ResultsStore, RunRow
-from promptintern.tables import SPEC_DIR, RowSpec, SpecError, TableSpec, load_specs, render_all
 
 SIZING_FILE = SPEC_DIR / "reproduce.yaml"
 FULL_PROMPT = "zero-shot-full"
@@ -163,7 +163,7 @@ def _check_variants(specs: Iterable[TableSpec]) -> None:
 
 def plan(specs: list[TableSpec], base: Profile, model: str | None, sizing: Sizing | None) -> Plan:
     """Distinct experiments for every (table, row, task) cell, plus the cells the sizing skips."""
-    from promptintern.run import Experiment
+    from promptintern.harness.experiment import Experiment
 
     _check_variants(specs)
     jobs: dict[Any, Job] = {}
@@ -208,7 +208,7 @@ class ReferenceTokens:
 
     def __call__(self, task: str) -> float | None:
         if task not in self.cache:
-            from promptintern.run import Experiment
+            from promptintern.harness.experiment import Experiment
 
             try:
                 exp = Experiment(task, self.method, self.base, self.model)
@@ -353,7 +353,7 @@ def reproduce(
     ``tasks``: names or folders that replace every table's tasks (the sizing's task subset is then ignored).
     ``store``: default ``$PROMPTINTERN_HOME/results.sqlite``. ``out``: default ``results/<profile>``.
     """
-    from promptintern import plots
+    from promptintern.harness import plots
 
     started = time.perf_counter()
     profile = load_profile(profile) if isinstance(profile, str) else profile
@@ -475,7 +475,7 @@ def reproduce_cmd(
     tables: str = typer.Option("1,2,3,4,5,6,7,8", "--tables", help="Comma-separated paper table numbers."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: results/<profile>)."),
     prices: Path | None = typer.Option(
-        None, "--prices", help="Price YAML merged over promptintern/prices.yaml."
+        None, "--prices", help="Price YAML merged over promptintern/evaluation/prices.yaml."
     ),
     model: str | None = typer.Option(
         None, "--model", help="Override the profile's model: 'embedded', a HF id or a path."

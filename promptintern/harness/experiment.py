@@ -6,7 +6,7 @@ setting that changes the result, so a rerun reuses what is finished: a trained a
 
 Every method-specific decision (stage schedules, compressor, training, loading, decoding, billing, key
 settings) is asked of the method object registered under the experiment's method name
-(:mod:`promptintern.methods`): ``promptintern``; the untrained rows ``zero-shot`` / ``zero-shot-full`` /
+(:mod:`promptintern.methods.registry`): ``promptintern``; the untrained rows ``zero-shot`` / ``zero-shot-full`` /
 ``prefix-cached``; the direct fine-tuning rows ``ft-full`` / ``ft-compressed`` / ``ft-template`` / ``ft-none``;
 the compression baselines of :mod:`promptintern.baselines`; and ``gist``. The runner itself has no method-name
 branches. Wall time per phase accumulates in ``timings.json``; ``scores.json`` carries the rate requested and
@@ -27,11 +27,9 @@ from typing import Any
 from promptintern import __version__, keys
 from promptintern.baselines import BaselineUnavailable
 from promptintern.io import atomic_write_text, write_json
-from promptintern.methods import METHODS, Method, get_method  # noqa: F401 (METHODS re-exported)
-from promptintern.paths import home
-from promptintern.profile import Profile, TrainSettings
-from promptintern.schedule import Schedule, example_counts
-from promptintern.stages import (
+from promptintern.methods.registry import METHODS, Method, get_method  # noqa: F401 (METHODS re-exported)
+from promptintern.methods.schedule import Schedule, example_counts
+from promptintern.methods.stages import (
     ContextBudget,
     FitStats,
     StagePlan,
@@ -40,6 +38,8 @@ from promptintern.stages import (
     plan_stages,
     stage_prompt,
 )
+from promptintern.paths import home
+from promptintern.profile import Profile, TrainSettings
 from promptintern.tasks import Instance, Task, Template, get_task, resolve_task
 
 
@@ -90,7 +90,7 @@ class Experiment:
         return getattr(self.spec, "baseline", None)
 
     def schedules(self) -> tuple[Schedule, Schedule]:
-        """The method's template-rate and example-count schedules (:mod:`promptintern.methods`)."""
+        """The method's template-rate and example-count schedules (:mod:`promptintern.methods.registry`)."""
         return self.spec.schedules(self)
 
     def compressor(self):
@@ -219,7 +219,7 @@ class Experiment:
     @cached_property
     def token_counter(self):
         """Counts the rendered prompt the way the model sees it (its tokenizer and chat template)."""
-        from promptintern.tokens import counter_for
+        from promptintern.prompting.tokens import counter_for
 
         return counter_for(self.model)
 
@@ -282,7 +282,7 @@ class Experiment:
 
     def train_config(self, output_dir: Path | None = None):
         """The trainer's config: profile overrides on top of ``TrainConfig``'s defaults."""
-        from promptintern.train import TrainConfig
+        from promptintern.training.trainer import TrainConfig
 
         overrides = self.profile.train_for(self.task_name).model_dump(exclude_none=True)
         out = output_dir if output_dir is not None else self.directory / "train"
@@ -365,7 +365,7 @@ class Experiment:
 
     def _billed_tokens(self, prompt, output: str) -> dict[str, int]:
         """The request as an OpenAI chat model would bill it: cl100k tokens of the messages and the answer."""
-        from promptintern.tokens import cl100k_counter
+        from promptintern.prompting.tokens import cl100k_counter
 
         counter = cl100k_counter()
         billed_in = self.spec.billed_prompt_tokens(self, prompt, counter)
@@ -384,9 +384,9 @@ class Experiment:
 
     def evaluate(self, progress: bool = True, **score_options: Any) -> dict[str, Any]:
         """Score the predictions (cached in ``scores.json``) with a 95 % bootstrap interval."""
-        from promptintern.evaluate import confidence_interval
-        from promptintern.predictions import read_predictions, write_jsonl
-        from promptintern.provenance import environment, utc_now
+        from promptintern.evaluation.predictions import read_predictions, write_jsonl
+        from promptintern.evaluation.scoring import confidence_interval
+        from promptintern.harness.provenance import environment, utc_now
 
         cached = self.directory / "scores.json"
         if cached.is_file():

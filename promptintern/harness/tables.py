@@ -1,7 +1,7 @@
 """Paper table specs (``benchmarks/tables/tableN.yaml``) and their rendering from the results store.
 
 A spec names the table, its caption, the tasks (one column group each) and the rows: a label, a method of
-:mod:`promptintern.methods` registry and, for variants of a method, a ``variant`` name with profile
+:mod:`promptintern.methods.registry` registry and, for variants of a method, a ``variant`` name with profile
 ``overrides``. :func:`render_markdown` lays a table out like the paper: per task ``metric | tokens | ×``
 (layout ``tasks``; × = template-only tokens / the row's tokens, the paper's definition; with ``rates: true``
 also the template rate requested → achieved) or ``latency | speedup | cost`` (layout ``latency``, Table 8:
@@ -25,15 +25,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from promptintern.harness.provenance import describe_hardware, environment, utc_now
+from promptintern.harness.store import ResultsStore, RunRow
 from promptintern.io import atomic_write_text, write_json
 from promptintern.paths import REPO_ROOT
-from promptintern.provenance import describe_hardware, environment, utc_now
-from promptintern.store import ResultsStore, RunRow
 from promptintern.tasks import task_title
 
 #: Table specs: ``benchmarks/tables`` in a checkout; installed as ``promptintern/experiments`` from a wheel.
 SPEC_DIR = next(
-    (d for d in (REPO_ROOT / "benchmarks" / "tables", Path(__file__).parent / "experiments") if d.is_dir()),
+    (d for d in (REPO_ROOT / "benchmarks" / "tables", Path(__file__).parents[1] / "experiments") if d.is_dir()),
     REPO_ROOT / "benchmarks" / "tables",
 )
 #: Longest reason shown in a Markdown cell (CSV and JSON keep the whole text).
@@ -83,7 +83,7 @@ class RowSpec(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        from promptintern.methods import method_names
+        from promptintern.methods.registry import method_names
 
         if v not in method_names():
             raise ValueError(f"unknown method {v!r}; choose from {', '.join(method_names())}")
