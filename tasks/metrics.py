@@ -314,6 +314,9 @@ class UserMetric(Metric):
         self.files = tuple(files)
         self.version = _digest(module_name, folder, self.files)
 
+    def identity(self) -> dict[str, Any]:
+        return super().identity() | {"primary": self.primary}
+
     def rows(self, task, instances, predictions, **_: Any) -> list[dict]:
         rows = _pairs(instances, predictions)
         for inst, r in zip(instances, rows, strict=True):
