@@ -32,3 +32,22 @@ def test_stop_strings_truncate():
     assert cut_at_stop("abc```rest", ["```"]) == "abc"
     assert cut_at_stop("abc\n\nx[/BASH]y", ["[/BASH]", "\n\n"]) == "abc"
     assert cut_at_stop("abc", ["zz"]) == "abc"
+
+
+def test_stop_strings_match_the_completion_only():
+    """A stop string that spans the prompt's end ("assistant\\n" + "[NL]") must not end the generation."""
+    import torch
+
+    from promptintern.serving.generate import stop_criteria
+    from promptintern.testing import char_tokenizer
+
+    tok = char_tokenizer()
+    prompt = tok("assistant\n", add_special_tokens=False)["input_ids"]
+    criteria = stop_criteria(tok, len(prompt), ["\n[NL]"])
+
+    def stops(generated: str) -> bool:
+        ids = torch.tensor([prompt + tok(generated, add_special_tokens=False)["input_ids"]])
+        return bool(criteria[0](ids, None)[0])
+
+    assert not stops("[NL]") and not stops("[NL] ls [/NL]")
+    assert stops("ls\n[NL]") and stop_criteria(tok, 3, []) is None

@@ -74,7 +74,7 @@ def test_reproduce_end_to_end_then_cached(tmp_path, tiny_model_dir, monkeypatch)
         assert "Command: `test`" in md
 
         # second call: served from the experiment cache, no training, same numbers
-        train_dir = Experiment("nl2f", "promptintern", smoke, model).directory / "train"
+        train_dir = Experiment("nl2f", "promptintern", smoke, model).train_directory
         adapter = train_dir / "adapter" / "adapter_model.safetensors"
         mtime = adapter.stat().st_mtime_ns
 

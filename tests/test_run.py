@@ -87,7 +87,7 @@ def test_experiment_end_to_end_and_cached_rerun(smoke, tiny_model_dir):
     lo, hi = result["ci95"]
     assert lo <= result["value"] <= hi
     d = exp.directory
-    assert (d / "train" / "adapter").is_dir() and (d / "scores.json").is_file()
+    assert (exp.train_directory / "adapter").is_dir() and (d / "scores.json").is_file()
     assert [
         json.loads(x)["stage"] for x in [json.dumps(r) for r in json.loads((d / "plan.json").read_text())]
     ] == [1, 2, 3]
@@ -225,3 +225,17 @@ def test_task_sections_are_typed_and_override_the_shared_ones():
 
     with pytest.raises(ProfileError, match=r"tasks\.sql: unknown task"):
         apply_overrides(cpu, {"tasks": {"sql": {"shots": 1}}})
+
+
+def test_experiments_that_differ_in_decoding_share_one_trained_adapter(smoke, tiny_model_dir, monkeypatch):
+    """The adapter's key holds only what changes training: another backend, stop string or metric reuses it."""
+    exp = Experiment("nl2bash", "ft-none", smoke, model=str(tiny_model_dir))
+    adapter = exp.train(progress=False)
+    other = Experiment("nl2bash", "ft-none", smoke, model=str(tiny_model_dir), backend_override="llamacpp")
+    assert other.key != exp.key and other.train_key == exp.train_key
+    assert other.train_directory == exp.train_directory
+    weights = adapter / "adapter_model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    assert other.train(progress=False) == adapter and weights.stat().st_mtime_ns == mtime  # every stage was done
+    changed = Experiment("nl2bash", "ft-none", smoke.model_copy(update={"seed": 1}), model=str(tiny_model_dir))
+    assert changed.train_key != exp.train_key

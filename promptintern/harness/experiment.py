@@ -42,6 +42,9 @@ from promptintern.paths import home
 from promptintern.profile import Profile, TrainSettings
 from promptintern.tasks import Instance, Task, Template, get_task, resolve_task
 
+#: Generation backends (``generation.backend``, ``--backend``).
+BACKENDS = ("hf", "llamacpp")
+
 
 def _slug(model: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "-" for c in Path(model).name or model)[-40:]
@@ -55,9 +58,15 @@ class Experiment:
     model: str | None = None
     #: Ignore the profile's ``test_limit`` (e.g. to count tokens over the whole test split).
     full_test: bool = False
+    #: Generation backend overriding the profile's ``generation.backend`` (``hf`` or ``llamacpp``).
+    backend_override: str | None = None
+    #: Serve only the first ``limit`` test instances (within the profile's ``test_limit``).
+    limit: int | None = None
 
     def __post_init__(self) -> None:
         self.task_name = resolve_task(self.task_name)  # a task folder is registered under its task.yaml name
+        if self.backend_override not in (None, *BACKENDS):
+            raise ValueError(f"unknown backend {self.backend_override!r}; choose from {', '.join(BACKENDS)}")
         self.spec: Method = get_method(self.method)
         self.model = self.model or self.profile.model
 
@@ -77,8 +86,9 @@ class Experiment:
 
     @cached_property
     def test_set(self) -> list[Instance]:
-        limit = None if self.full_test else self.profile.task(self.task_name).test_limit
-        return self.task.load("test")[:limit]
+        profile_limit = None if self.full_test else self.profile.task(self.task_name).test_limit
+        limits = [n for n in (profile_limit, self.limit) if n is not None]
+        return self.task.load("test")[: min(limits) if limits else None]
 
     @property
     def shots(self) -> int:
@@ -183,13 +193,40 @@ class Experiment:
             "bank_instances": keys.instances_digest(self.bank),
         }
 
+    def training_settings(self) -> dict[str, Any]:
+        """The settings that change the trained adapter: :meth:`settings` without decoding, the test subset
+        and the task's scoring (metric, stop strings, generation length, extractor)."""
+        out = {k: v for k, v in self.settings().items() if k not in ("generation", "test_instances")}
+        spec = out.pop("task_identity")["spec"]
+        out["task_spec"] = {k: v for k, v in spec.items() if k not in ("metric", "stop", "max_new_tokens", "extract")}
+        return out
+
+    @cached_property
+    def train_key(self) -> str:
+        return keys.content_key("adapter", self.training_settings(), length=16)
+
+    @property
+    def train_directory(self) -> Path:
+        """Where the adapter is trained: keyed by :meth:`training_settings` only, so experiments that differ
+        in decoding or scoring (backend, stop strings, metric) share one trained adapter."""
+        return home() / "adapters" / self.task_name / self.method / f"{_slug(self.model)}-{self.train_key}"
+
     @property
     def merges_adapter(self) -> bool:
         """Whether generation folds this method's LoRA adapter into the base weights (never for Gist)."""
         return self.trains and self.spec.mergeable and self.profile.generation_for(self.task_name).merge_adapter
 
+    @property
+    def backend(self) -> str:
+        """The generation backend that serves this experiment: the one requested if the method supports it,
+        else ``hf`` (gist and prefix-cached decode with their own HF loops)."""
+        requested = self.backend_override or self.profile.generation_for(self.task_name).backend
+        return requested if requested in self.spec.backends else "hf"
+
     def _generation_settings(self) -> dict[str, Any]:
-        gen = self.profile.generation_for(self.task_name).model_dump(exclude={"merge_adapter"})
+        gen = self.profile.generation_for(self.task_name).model_dump(exclude={"merge_adapter", "backend"})
+        if self.backend != "hf":  # keys of hf runs stay as they were
+            gen["backend"] = self.backend
         return gen | {
             "max_new_tokens": self.max_new_tokens,
             "stop": list(self.task.stop),
@@ -285,7 +322,7 @@ class Experiment:
         from promptintern.training.trainer import TrainConfig
 
         overrides = self.profile.train_for(self.task_name).model_dump(exclude_none=True)
-        out = output_dir if output_dir is not None else self.directory / "train"
+        out = output_dir if output_dir is not None else self.train_directory
         return TrainConfig(model=self.model, output_dir=out, seed=self.profile.seed, **overrides)
 
     def _effective_train(self) -> dict[str, Any]:
@@ -411,6 +448,7 @@ class Experiment:
             "template": self.compression_stats(),
             "timings_s": self._read_json("timings.json", {}),
             "settings_key": self.key,
+            "backend": self.backend,
             "method": self.method,
             "model": self.model,
             "profile": self.profile.name,

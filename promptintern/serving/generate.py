@@ -21,6 +21,25 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut] if cut >= 0 else text
 
 
+def stop_criteria(tokenizer, prompt_width: int, stop: Sequence[str]):
+    """A ``StoppingCriteriaList`` that ends a sequence once its GENERATED text holds a stop string (None when
+    there are none). HF's own ``stop_strings`` also match across the prompt's end, so a stop string with a
+    leading newline would fire on the first generated token after ``assistant\n``; an API's ``stop`` (and
+    lm-eval's ``until``) only ever look at the completion, and so does this."""
+    if not stop:
+        return None
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopInCompletion(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            import torch
+
+            texts = tokenizer.batch_decode(input_ids[:, prompt_width:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stop) for t in texts], device=input_ids.device)
+
+    return StoppingCriteriaList([StopInCompletion()])
+
+
 def generate(
     model,
     tokenizer,
@@ -48,8 +67,7 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
-                stop_strings=list(stop) or None,
-                tokenizer=tokenizer if stop else None,
+                stopping_criteria=stop_criteria(tokenizer, enc["input_ids"].shape[1], stop),
             )
         elapsed = (time.perf_counter() - t0) / len(batch)
         width = enc["input_ids"].shape[1]

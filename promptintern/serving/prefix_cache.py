@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from promptintern.serving.generate import Generation, cut_at_stop
+from promptintern.serving.generate import Generation, cut_at_stop, stop_criteria
 
 
 @dataclass
@@ -155,8 +155,7 @@ class PrefixCachedGenerator:
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     pad_token_id=tok.pad_token_id,
-                    stop_strings=list(stop) or None,
-                    tokenizer=tok if stop else None,
+                    stopping_criteria=stop_criteria(tok, len(ids), stop),
                 )
             elapsed = time.perf_counter() - t0
             new = out[0, len(ids) :]
