@@ -209,6 +209,12 @@ def _profile_option() -> str:
     return typer.Option("cpu", "--profile", help="smoke, cpu, paper, or a profile YAML path.")
 
 
+def _backend_option() -> str | None:
+    return typer.Option(
+        None, "--backend", help="Generation backend: hf or llamacpp (default: the profile's generation.backend)."
+    )
+
+
 def _model_option() -> str | None:
     return typer.Option(None, "--model", help="Override the profile's model: 'embedded', a HF id or a path.")
 
@@ -233,13 +239,15 @@ def generate_cmd(
     method: str = _method_option(),
     profile: str = _profile_option(),
     model: str | None = _model_option(),
+    backend: str | None = _backend_option(),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N test instances."),
     out: Path | None = typer.Option(None, help="Also copy the predictions JSONL here."),
 ) -> None:
     """Greedy predictions on the test subset with the method's inference prompt (trains first if needed)."""
     import shutil
 
     with _stdout_to_stderr():
-        path = _experiment(task_name, method, profile, model).predict()
+        path = _experiment(task_name, method, profile, model, backend_override=backend, limit=limit).predict()
     if out:
         shutil.copyfile(path, out)
     typer.echo(str(out or path))
@@ -251,6 +259,7 @@ def run_cmd(
     method: str = _method_option(),
     profile: str = _profile_option(),
     model: str | None = _model_option(),
+    backend: str | None = _backend_option(),
     baseline: str | None = typer.Option(
         None, "--baseline", help="Also run this method (e.g. zero-shot-full: the full prompt) and report the "
         "accuracy, input-token, latency and cost differences against it."
@@ -262,7 +271,7 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Train, generate and score one experiment; every finished step is reused on a rerun."""
-    exp = _experiment(task_name, method, profile, model)
+    exp = _experiment(task_name, method, profile, model, backend_override=backend)
     with _stdout_to_stderr():
         result = exp.evaluate()
     result["directory"] = str(exp.directory)
@@ -275,7 +284,7 @@ def run_cmd(
     if baseline:
         from promptintern.evaluation.compare import compare
 
-        ref = _experiment(exp.task_name, baseline, profile, model)
+        ref = _experiment(exp.task_name, baseline, profile, model, backend_override=backend)
         with _stdout_to_stderr():
             reference = ref.evaluate()
         report = compare(result, reference, price_model, str(prices) if prices else None)

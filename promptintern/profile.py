@@ -109,6 +109,10 @@ class GenerationSpec(_Strict):
     #: deployment would, so a fine-tuned model decodes as fast as its base model; False serves the unmerged
     #: peft model (extra LoRA matmuls on every token). Methods without a LoRA adapter ignore it.
     merge_adapter: bool = True
+    #: ``hf`` (transformers, batched; the reference and the GPU path) or ``llamacpp`` (llama-cpp-python over the
+    #: model's GGUF with the adapter as a GGUF LoRA; one sequence at a time, faster on a CPU). Methods with their
+    #: own decoding loop (gist, prefix-cached) are always served by hf; scores.json records the backend used.
+    backend: Literal["hf", "llamacpp"] = "hf"
 
 
 class GenerationOverrides(_Strict):
@@ -117,6 +121,7 @@ class GenerationOverrides(_Strict):
     batch_size: int | None = None
     max_new_tokens: int | None = None
     merge_adapter: bool | None = None
+    backend: Literal["hf", "llamacpp"] | None = None
 
 
 class TaskSpec(_Strict):

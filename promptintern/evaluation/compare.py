@@ -26,6 +26,7 @@ def _cost_per_1k(result: dict[str, Any], prices, model: str) -> float | None:
 def _summary(result: dict[str, Any], prices, model: str) -> dict[str, Any]:
     return {
         "method": result["method"],
+        "backend": result.get("backend", "hf"),
         "metric": result["primary"],
         "value": result["value"],
         "ci95": result["ci95"],

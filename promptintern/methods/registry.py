@@ -46,6 +46,9 @@ class Method:
     mergeable: bool = True
     #: Whether the template is compressed per instance with its query as the question (LongLLMLingua).
     question_aware: bool = False
+    #: Generation backends that can serve the method (``generation.backend`` in a profile). Methods with their
+    #: own decoding loop (gist tokens, a shared prefix cache) are served by HF only.
+    backends: tuple[str, ...] = ("hf", "llamacpp")
 
     def schedules(self, exp: Experiment) -> tuple[Schedule, Schedule]:
         raise NotImplementedError
@@ -78,7 +81,14 @@ class Method:
         return train_progressive(datasets, config, progress=progress)
 
     def load(self, exp: Experiment, adapter: Path | None):
-        """The model and tokenizer that serve the test prompts."""
+        """The model and tokenizer that serve the test prompts (for llamacpp: the llama.cpp generator over the
+        model's GGUF and the adapter exported as a GGUF LoRA, with the HF tokenizer that renders prompts)."""
+        if exp.backend == "llamacpp":
+            from promptintern.serving.llamacpp import LlamaCppGenerator, adapter_gguf, gguf_for
+            from promptintern.serving.models import load_tokenizer
+
+            lora = adapter_gguf(adapter, exp.model) if adapter is not None else None
+            return LlamaCppGenerator(gguf_for(exp.model), lora, n_ctx=exp.context_length), load_tokenizer(exp.model)
         if adapter is not None:
             from promptintern.training.trainer import load_for_inference
 
@@ -92,8 +102,11 @@ class Method:
         cut at the first of the task's ``stop`` strings."""
         from promptintern.serving.generate import generate
 
-        batch = exp.profile.generation_for(exp.task_name).batch_size
         rendered = [p.render(tok) for p in prompts]
+        if exp.backend == "llamacpp":  # the same token ids as HF would see
+            ids = [tok(text, add_special_tokens=False)["input_ids"] for text in rendered]
+            return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop)
+        batch = exp.profile.generation_for(exp.task_name).batch_size
         return generate(model, tok, rendered, max_new_tokens=max_new_tokens, batch_size=batch, stop=stop)
 
     def billed_prompt_tokens(self, exp: Experiment, prompt: Prompt, counter) -> int:
@@ -135,6 +148,8 @@ class Fixed(Method):
 class PrefixCached(Fixed):
     """The untrained full prompt served with the key/values of the prefix shared by all test prompts
     computed once and reused (:mod:`promptintern.serving.prefix_cache`)."""
+
+    backends = ("hf",)
 
     def generate(self, exp: Experiment, model, tok, prompts, all_prompts, max_new_tokens: int, stop=()) -> Iterator:
         from promptintern.serving.prefix_cache import PrefixCachedGenerator
@@ -186,6 +201,7 @@ class Gist(Method):
     ``num_gist`` trained tokens; served from the cached gist key/values, never merged."""
 
     mergeable = False
+    backends = ("hf",)
 
     def __init__(self, name: str = "gist", description: str = "gist tokens (Mu et al. 2023)"):
         self.name, self.description = name, description

@@ -109,3 +109,13 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None):
     except OSError as exc:
         raise ModelNotFoundError(f"cannot load model {name!r}: {exc}") from exc
     return model.to(device).eval()
+
+
+def load_config(name: str) -> dict:
+    """The HF ``config.json`` of ``name`` as a dict (architecture, heads, sizes)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve(name)).to_dict()
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot load the config of {name!r}: {exc}") from exc
