@@ -37,6 +37,8 @@ SCHEMA = 2
 METHOD_VERSIONS: dict[str, int] = {
     # shared steps: prompt building (fitting), retrieval (Eq. 3 keys), stage datasets, progressive trainer
     "pipeline": 2,
+    # decoding only (enters experiment keys, not adapter keys): 2 = stop strings match the completion only
+    "decoding": 2,
     "promptintern": 2,
     "zero-shot": 1,
     "zero-shot-full": 1,

@@ -239,3 +239,8 @@ def test_experiments_that_differ_in_decoding_share_one_trained_adapter(smoke, ti
     assert other.train(progress=False) == adapter and weights.stat().st_mtime_ns == mtime  # every stage was done
     changed = Experiment("nl2bash", "ft-none", smoke.model_copy(update={"seed": 1}), model=str(tiny_model_dir))
     assert changed.train_key != exp.train_key
+    from promptintern import keys
+
+    monkeypatch.setitem(keys.METHOD_VERSIONS, "decoding", keys.METHOD_VERSIONS["decoding"] + 1)
+    redecoded = Experiment("nl2bash", "ft-none", smoke, model=str(tiny_model_dir))
+    assert redecoded.key != exp.key and redecoded.train_key == exp.train_key  # new predictions, same adapter

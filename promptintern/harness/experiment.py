@@ -228,6 +228,7 @@ class Experiment:
         if self.backend != "hf":  # keys of hf runs stay as they were
             gen["backend"] = self.backend
         return gen | {
+            "decoding_version": keys.method_version("decoding"),
             "max_new_tokens": self.max_new_tokens,
             "stop": list(self.task.stop),
             "merge_adapter": self.merges_adapter,
