@@ -178,6 +178,22 @@ def test_sizing_records_skipped_cells_as_not_run(tmp_path, tiny_model_dir):
     )
 
 
+def test_tasks_and_backend_options_reach_every_experiment(tmp_path, tiny_model_dir):
+    """--task replaces the tables' tasks (a folder task here); --backend llamacpp reaches every experiment, and a
+    model without a GGUF makes its rows 'not run' with the reason (prefix-cached stays on hf and runs)."""
+    from promptintern.testing import write_task_folder
+
+    folder = write_task_folder(tmp_path / "tasks")
+    specs = _spec(tmp_path / "specs", 9, "{label: Query only, method: zero-shot}", "{label: Cached, method: prefix-cached}")
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        summary = reproduce("smoke", "9", model=str(tiny_model_dir), out=tmp_path / "out", spec_dir=specs,
+                            sizing=False, progress=False, store=store, tasks=[str(folder)], backend="llamacpp")  # fmt: skip
+        rows = {r.method: r for r in store.rows("9")}
+    assert {r.task for r in rows.values()} == {"reverse"} and summary["rows"]["failed"] == 0
+    assert rows["zero-shot"].status == "not run" and "GGUF" in rows["zero-shot"].reason
+    assert rows["prefix-cached"].status == "ok"
+
+
 def test_cli_writes_tables_and_prints_summary(tmp_path, tiny_model_dir):
     specs = _spec(tmp_path / "specs", 9, "{label: Query only, method: zero-shot}")
     app = typer.Typer()

@@ -114,6 +114,13 @@ class Experiment:
 
     def unavailable(self) -> str | None:
         """Why this experiment cannot run here (no model is loaded to find out), else None."""
+        if self.backend == "llamacpp":
+            from promptintern.serving.llamacpp import LlamaCppUnavailable, gguf_for
+
+            try:
+                gguf_for(self.model)
+            except LlamaCppUnavailable as exc:
+                return str(exc)
         if not self.spec.needs_compressor(self):
             return None
         try:

@@ -346,11 +346,14 @@ def reproduce(
     sizing: str | Path | bool | None = None,
     command: str | None = None,
     tasks: Iterable[str] | None = None,
+    backend: str | None = None,
 ) -> dict[str, Any]:
     """Run, record and render ``tables`` (default: every spec) for ``profile``; returns a summary.
 
     ``sizing``: None/True uses ``benchmarks/tables/reproduce.yaml``, a path another file, False none.
     ``tasks``: names or folders that replace every table's tasks (the sizing's task subset is then ignored).
+    ``backend``: the generation backend of every experiment (``generation.backend``; gist and prefix-cached
+    rows stay on hf).
     ``store``: default ``$PROMPTINTERN_HOME/results.sqlite``. ``out``: default ``results/<profile>``.
     """
     from promptintern.harness import plots
@@ -366,6 +369,8 @@ def reproduce(
         specs = [spec.model_copy(update={"tasks": chosen}) for spec in specs]
         size = dataclasses.replace(size, tasks=None) if size else None
     base = apply_overrides(profile, size.overrides if size else None)
+    if backend is not None:
+        base = apply_overrides(base, {"generation": {"backend": backend}})
     price_list = load_prices(prices)
     model_name = model or base.model
     price_list.price(model_name)  # fail before any work if the model has no price and there is no default
@@ -486,6 +491,9 @@ def reproduce_cmd(
     tasks: list[str] = typer.Option(
         None, "--task", "-t", help="A task name or folder replacing the tables' tasks; repeatable."
     ),
+    backend: str | None = typer.Option(
+        None, "--backend", help="Generation backend of every experiment: hf or llamacpp (default: the profile's)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output on stderr."),
 ) -> None:
     """Run every experiment of the paper tables (cached), record them in the results store, render tables."""
@@ -495,6 +503,7 @@ def reproduce_cmd(
     parts += [f"--{k} {v}" for k, v in (("out", out), ("prices", prices), ("model", model)) if v is not None]
     parts += ["--full"] if full else []
     parts += [f"--task {t}" for t in tasks or ()]
+    parts += [f"--backend {backend}"] if backend else []
     with contextlib.redirect_stdout(sys.stderr):  # library chatter stays off stdout
         summary = reproduce(
             profile,
@@ -506,5 +515,6 @@ def reproduce_cmd(
             sizing=False if full else None,
             command=" ".join(parts),
             tasks=tasks or None,
+            backend=backend,
         )
     typer.echo(json.dumps({k: summary[k] for k in ("profile", "model", "rows", "wall_s", "files")}, indent=2))
