@@ -7,7 +7,9 @@ name the file and the field path.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
@@ -159,7 +161,7 @@ class Profile(_Strict):
         if own is None:
             return self.task_defaults
         return TaskSpec.model_validate(
-            _merge(self.task_defaults.model_dump(exclude_defaults=True), own.model_dump(exclude_defaults=True))
+            deep_merge(self.task_defaults.model_dump(exclude_defaults=True), own.model_dump(exclude_defaults=True))
         )
 
     def train_for(self, task: str) -> TrainSpec:
@@ -171,11 +173,14 @@ class Profile(_Strict):
         return GenerationSpec.model_validate(self.generation.model_dump() | overrides)
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``, nested mappings merged key by key."""
-    out = dict(base)
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in: mappings merge recursively, anything else is replaced (copies)."""
+    out = copy.deepcopy(dict(base))
     for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
     return out
 
 
@@ -222,7 +227,7 @@ def _read_profile(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     parent.pop("description", None)
     if "include_path" in data and "include_path" in parent:
         data["include_path"] = parent["include_path"] + data["include_path"]
-    return _merge(parent, data)
+    return deep_merge(parent, data)
 
 
 def load_profile(name_or_path: str) -> Profile:

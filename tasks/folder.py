@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from promptintern.tasks.base import Instance, Task
+from promptintern.tasks.metrics import load_function
 from promptintern.tasks.records import load_records, query_text
 from promptintern.tasks.spec import TaskFile
 
@@ -22,7 +23,8 @@ class FolderTask(Task):
         self.folder = Path(folder).resolve()
         self.__dict__["spec"] = spec  # already validated by the registry
         self.splits = tuple(spec.data)
-        self._extractor = _function(spec.extract, self.folder) if spec.extract != "answer_format" else None
+        extract = spec.extract
+        self._extractor = None if extract == "answer_format" else load_function(extract, self.folder, "extract")
 
     @property
     def directory(self) -> Path:
@@ -40,17 +42,6 @@ class FolderTask(Task):
         if self._extractor is not None:
             return str(self._extractor(output))
         return super().extract(output)
-
-
-def _function(spec: str, folder: Path):
-    """``module:function`` from ``<folder>/<module>.py`` or the Python path."""
-    from promptintern.tasks.metrics import import_from_folder
-
-    module_name, _, name = spec.partition(":")
-    fn = getattr(import_from_folder(module_name, folder), name, None) if name else None
-    if not callable(fn):
-        raise ValueError(f"{folder}/task.yaml: extract: {spec!r} is not module:function")
-    return fn
 
 
 __all__ = ["FolderTask"]

@@ -109,12 +109,15 @@ class Metric:
         """What enters a run key: the metric's name, version and options."""
         return {"name": self.name, "version": self.version}
 
+    def summary(self, rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, float], str]:
+        """:meth:`aggregate` and :meth:`signature` of the same rows (a corpus metric scores the corpus once)."""
+        return self.aggregate(rows), self.signature(rows)
+
     def score(self, task, instances: Sequence[Instance], predictions: Mapping[str, str], **options: Any) -> TaskScore:
         preds = [str(p) for p in task.predictions_for(instances, predictions)]
         rows = self.rows(task, instances, preds, **options)
-        return TaskScore(
-            task.name, self.aggregate(rows), rows, self.primary, signature=self.signature(rows), metric=self.name
-        )
+        metrics, signature = self.summary(rows)
+        return TaskScore(task.name, metrics, rows, self.primary, signature=signature, metric=self.name)
 
 
 def _pairs(instances: Sequence[Instance], predictions: Sequence[str]) -> list[dict[str, Any]]:
@@ -189,9 +192,13 @@ class _Corpus(Metric):
         return {self.field: f"{self.field}_mean"}
 
     def aggregate(self, rows) -> dict[str, float]:
+        return self.summary(rows)[0]
+
+    def summary(self, rows) -> tuple[dict[str, float], str]:
         n = len(rows)
         mean = sum(r[self.field] for r in rows) / n if n else 0.0
-        return {self.primary: self._corpus(rows)[0], f"{self.field}_mean": mean, "n": float(n)}
+        corpus, signature = self._corpus(rows)
+        return {self.primary: corpus, f"{self.field}_mean": mean, "n": float(n)}, signature
 
     def interval(self, rows, **kwargs: Any) -> tuple[float, float]:
         from promptintern.evaluation.stats import corpus_ci
@@ -307,10 +314,8 @@ class UserMetric(Metric):
         self.spec, self.folder = spec, folder
         self.primary = primary or self.primary
         self.name = spec
-        module_name, _, func = spec.partition(":")
-        self.function = getattr(import_from_folder(module_name, folder), func, None)
-        if not callable(self.function):
-            raise ValueError(f"metric {spec!r}: {module_name} has no function {func!r}")
+        module_name = spec.partition(":")[0]
+        self.function = load_function(spec, folder, "metric")
         self.files = tuple(files)
         self.version = _digest(module_name, folder, self.files)
 
@@ -325,6 +330,16 @@ class UserMetric(Metric):
                 raise ValueError(f"metric {self.spec}: instance {inst.id}: returned {value}, expected a value in [0, 1]")
             r["score"] = value
         return rows
+
+
+def load_function(spec: str, folder: Path | None, what: str):
+    """The callable named by ``module:function`` (the module from ``<folder>/<module>.py`` or the Python path);
+    ``what`` names the task.yaml key in the error."""
+    module_name, _, name = spec.partition(":")
+    fn = getattr(import_from_folder(module_name, folder), name, None) if name else None
+    if not callable(fn):
+        raise ValueError(f"{what} {spec!r}: {module_name} has no function {name!r}")
+    return fn
 
 
 def import_from_folder(module_name: str, folder: Path | None):

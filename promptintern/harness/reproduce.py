@@ -21,7 +21,6 @@ invocation, appended, so a cached rerun does not hide the wall time of the run t
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gc
 import json
@@ -41,7 +40,7 @@ from promptintern.harness.provenance import collect, utc_now
 from promptintern.harness.store import ResultsStore, RunRow
 from promptintern.harness.tables import SPEC_DIR, RowSpec, SpecError, TableSpec, load_specs, render_all
 from promptintern.io import append_jsonl, write_json
-from promptintern.profile import Profile, ProfileError, load_profile, validate_profile
+from promptintern.profile import Profile, ProfileError, deep_merge, load_profile, validate_profile
 
 SIZING_FILE = SPEC_DIR / "reproduce.yaml"
 FULL_PROMPT = "zero-shot-full"
@@ -51,17 +50,6 @@ FT_GPT35, FT_GPT4 = "ft:gpt-3.5-turbo", "ft:gpt-4"
 
 
 # -- profile overrides ----------------------------------------------------------------------------------
-
-
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``over`` merged in: mappings merge recursively, anything else is replaced."""
-    out = copy.deepcopy(dict(base))
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def apply_overrides(profile: Profile, overrides: Mapping[str, Any] | None) -> Profile:

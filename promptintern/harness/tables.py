@@ -211,7 +211,7 @@ def metric_title(task: str) -> str:
     return get_task(task).metric.title
 
 
-def header(spec: TableSpec, rows: Sequence[RunRow] = ()) -> list[str]:
+def header(spec: TableSpec) -> list[str]:
     cols = ["Method"]
     for t in spec.tasks:
         name = task_title(t)
@@ -331,7 +331,7 @@ def render_markdown(
     rendered_at: str | None = None,
 ) -> str:
     grid = _Grid(spec, rows)
-    cols = header(spec, rows)
+    cols = header(spec)
     aligns = ["---"] + ["---:"] * (len(cols) - 1)
     lines = [f"# {spec.title}", ""]
     if spec.caption:
@@ -426,7 +426,7 @@ def render_json(
         "layout": spec.layout,
         "profile": profile,
         "model": model,
-        "columns": header(spec, rows),
+        "columns": header(spec),
         "records": records(spec, rows),
         "provenance": {
             "commits": commits,
