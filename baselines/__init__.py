@@ -9,7 +9,7 @@
   its shared prefix's KV cache reused (``prefix-cached``, :mod:`promptintern.serving.prefix_cache`).
 * Gist tokens (Table 7): :mod:`promptintern.baselines.gist`.
 
-Backends live next to this file (``selective_context``, ``llm_generation`` + ``local_server``, ``gist``);
+Backends live next to this file (``selective_context``, ``llm_generation`` (its local server is :mod:`promptintern.serving.server`), ``gist``);
 the llmlingua family is in :mod:`promptintern.compress.lingua`.
 """
 

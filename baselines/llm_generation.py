@@ -6,7 +6,7 @@ instruction (:data:`SYSTEM_PROMPT`, :data:`USER_PROMPT`; the paper's wording is 
 ``openai`` client's ``chat.completions`` to any OpenAI-compatible endpoint: ``base_url=``, else
 ``$PROMPTINTERN_OPENAI_BASE_URL``, else ``$OPENAI_BASE_URL``, else api.openai.com.  With the default
 ``model="embedded"`` and no explicit ``base_url`` it starts a
-:class:`~promptintern.baselines.local_server.LocalOpenAIServer` (llama-cpp-python serving the embedded
+:class:`~promptintern.serving.server.LocalOpenAIServer` (llama-cpp-python serving the embedded
 SmolLM2-135M GGUF on 127.0.0.1) on first use and stops it on :meth:`~LLMGenerationCompressor.close`, at
 the end of a ``with`` block, or at exit.  The environment endpoints are ignored for ``"embedded"`` (they
 serve other models).
@@ -343,7 +343,7 @@ class LLMGenerationCompressor(BaseCompressor):
         return (self.base_url or OPENAI_DEFAULT_BASE_URL).rstrip("/")
 
     def fingerprint(self) -> dict[str, Any]:
-        from promptintern.baselines.local_server import llama_cpp_version
+        from promptintern.serving.server import llama_cpp_version
 
         return {
             "backend": self.name,
@@ -365,9 +365,10 @@ class LLMGenerationCompressor(BaseCompressor):
 
         if self.local:
             if self._server is None or not self._server.running:
-                from promptintern.baselines.local_server import LocalOpenAIServer
+                from promptintern.serving.server import LocalOpenAIServer
 
-                self._server = LocalOpenAIServer(**self.server_options).start()
+                # flash attention off: the setting every cached compression of this baseline was made with
+                self._server = LocalOpenAIServer(**{"flash_attn": False, **self.server_options}).start()
                 self._client = None
                 atexit.register(self.close)
             base_url, model = self._server.base_url, self._server.model_id

@@ -24,7 +24,7 @@ from promptintern.baselines.llm_generation import (
     render_kept,
     word_key,
 )
-from promptintern.baselines.local_server import LocalOpenAIServer, ServerStartError, free_port
+from promptintern.serving.server import LocalOpenAIServer, ServerStartError, free_port
 
 needs_openai = pytest.mark.skipif(importlib.util.find_spec("openai") is None, reason="openai not installed")
 needs_llama = pytest.mark.skipif(

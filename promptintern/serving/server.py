@@ -1,11 +1,29 @@
-"""A local OpenAI-compatible chat server (llama-cpp-python) for the API-based baselines.
+"""A local OpenAI-compatible server (llama-cpp-python) for one GGUF model, optionally with a GGUF LoRA adapter.
 
-:class:`LocalOpenAIServer` runs ``python -m llama_cpp.server`` (the server shipped with
-``llama-cpp-python[server]``) as a subprocess on ``127.0.0.1`` with a GGUF model, by default the suite's
-embedded SmolLM2-135M-Instruct (:func:`promptintern.serving.models.embedded_gguf_path`), waits until
-``GET /v1/models`` answers and stops it again (SIGTERM, then SIGKILL) when the block ends.  It stands in for
-the OpenAI API the paper used (GPT-4); any client that speaks the OpenAI protocol, e.g. the ``openai``
-package, talks to :attr:`LocalOpenAIServer.base_url`.  It only ever binds the loopback interface.
+:class:`LocalOpenAIServer` runs llama-cpp-python's server (``llama-cpp-python[server]``) as a subprocess on
+``127.0.0.1`` with a GGUF model, by default the suite's embedded SmolLM2-135M-Instruct
+(:func:`promptintern.serving.models.embedded_gguf_path`), waits until ``GET /v1/models`` answers and stops it
+again (SIGTERM, then SIGKILL) when the block ends.  It stands in for the OpenAI API the paper used (GPT-4) and
+serves the latency rows (:mod:`promptintern.serving.latency`); any client that speaks the OpenAI protocol, e.g.
+the ``openai`` package or :class:`~promptintern.serving.openai_backend.OpenAIGenerator`, talks to
+:attr:`LocalOpenAIServer.base_url`.  It only ever binds the loopback interface.
+
+Prefix reuse.  llama-cpp-python keeps the KV cache of the previous request and, in ``Llama.generate``, keeps the
+entries of the longest token prefix the new prompt shares with it, so only the rest of the prompt is evaluated:
+a prefix-cached serving row.  An API without prompt caching pays for the whole prompt on every request.  The
+subprocess runs this module's ``__main__`` (``python -m promptintern.serving.server ...``), which hands its
+arguments to llama-cpp-python's own server entry point; with ``prefix_reuse=False`` it gets
+``--no_prefix_reuse`` and first replaces ``llama_cpp.Llama`` by :func:`fresh_prompt_llama`'s subclass, whose
+every request evaluates its whole prompt.
+
+The server's RAM prompt cache (``--cache true``, ``prompt_cache=True``) is off by default.  It lets a prompt
+reuse a saved state whose shared prefix is longer than the one of the request just before (useful only when
+prompts of different templates alternate on one server), but llama-cpp-python saves the whole state after
+EVERY request and loads it on a hit, each a copy of about 100 MB for SmolLM2 (``n_batch`` x vocabulary float
+logits plus the KV cells): on 2 CPU cores that added 0.25-0.45 s to a request whose prompt was otherwise
+reused in 0.06 s (1,136-token prompt, 2 new tokens).  One server per configuration, as
+:func:`promptintern.serving.latency.measure_latency` runs them, gets the whole template prefix from the KV
+cache alone.
 """
 
 from __future__ import annotations
@@ -18,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +43,8 @@ from typing import IO, Any
 
 LOOPBACK = "127.0.0.1"
 SERVER_PACKAGE = "llama-cpp-python[server]==0.3.36"
+#: Command-line flag of this module's ``__main__``: serve every request from an empty KV cache.
+NO_PREFIX_REUSE = "--no_prefix_reuse"
 
 
 class ServerStartError(RuntimeError):
@@ -47,17 +66,29 @@ def llama_cpp_version() -> str | None:
         return None
 
 
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
 class LocalOpenAIServer:
-    """``llama_cpp.server`` on ``127.0.0.1:<port>`` serving one GGUF; a context manager.
+    """llama-cpp-python's server on ``127.0.0.1:<port>`` serving one GGUF; a context manager.
 
     ``port=None`` picks a free port.  ``n_ctx`` is the context window the server allocates, ``n_threads``
     the CPU threads it uses for prompts and generation (default: all cores).  The server runs with
     ``OMP_WAIT_POLICY=PASSIVE`` unless the caller's environment sets it: llama.cpp built from the PyPI sdist
     uses OpenMP, whose spinning worker threads made generation 7-13x slower on a busy 2-core machine.
     ``start_timeout`` bounds the wait for ``/v1/models``;
-    on failure :class:`ServerStartError` carries the tail of the server's output.  The server's
-    ``model`` name (``--model_alias``) is the GGUF file name; :attr:`model_id` returns what the server
-    itself lists.
+    on failure :class:`ServerStartError` carries the tail of the server's output.
+
+    ``lora`` is a GGUF LoRA adapter (:func:`promptintern.serving.llamacpp.adapter_gguf`) applied to the model
+    (``--lora_path``); ``flash_attn`` switches llama.cpp's flash attention; ``prefix_reuse`` keeps the KV
+    entries of the prompt prefix shared with earlier requests (plus the RAM prompt cache), ``False`` makes
+    every request evaluate its whole prompt (see the module docstring); ``prompt_cache`` adds the RAM prompt
+    cache (with ``prefix_reuse`` only; costly, see the module docstring).  ``logits_all=False`` (the server's
+    own default is true) keeps only the last position's logits, as a serving API does: with it on, every
+    prompt token's logits are computed and copied, which only ``logprobs`` requests need.  ``model_alias`` is
+    the ``model`` name the server answers to (default: the GGUF file name); :attr:`model_id` returns what the
+    server itself lists.  ``extra_args`` are appended to the server's command line.
     """
 
     def __init__(
@@ -70,6 +101,12 @@ class LocalOpenAIServer:
         n_threads: int | None = None,
         start_timeout: float = 120.0,
         extra_args: tuple[str, ...] = (),
+        lora: str | os.PathLike | None = None,
+        flash_attn: bool = True,
+        prefix_reuse: bool = True,
+        prompt_cache: bool = False,
+        logits_all: bool = False,
+        model_alias: str | None = None,
     ):
         if host != LOOPBACK:
             raise ValueError(f"LocalOpenAIServer only binds {LOOPBACK}, got host={host!r}")
@@ -84,7 +121,16 @@ class LocalOpenAIServer:
         self.n_threads = int(n_threads or os.cpu_count() or 1)
         self.start_timeout = float(start_timeout)
         self.extra_args = tuple(extra_args)
-        self.model_alias = self.gguf_path.name
+        self.lora = Path(lora) if lora is not None else None
+        self.flash_attn = bool(flash_attn)
+        self.prefix_reuse = bool(prefix_reuse)
+        if prompt_cache and not prefix_reuse:
+            raise ValueError(
+                "prompt_cache=True needs prefix_reuse=True (a fresh KV cache discards loaded states)"
+            )
+        self.prompt_cache = bool(prompt_cache)
+        self.logits_all = bool(logits_all)
+        self.model_alias = model_alias or self.gguf_path.name
         self.process: subprocess.Popen[bytes] | None = None
         self.start_seconds: float | None = None
         self._log: IO[bytes] | None = None
@@ -105,10 +151,15 @@ class LocalOpenAIServer:
 
     def command(self) -> list[str]:
         """The server's command line (``self.port`` must be set)."""
+        options = ["--lora_path", str(self.lora)] if self.lora is not None else []
+        if not self.prefix_reuse:
+            options.append(NO_PREFIX_REUSE)
+        elif self.prompt_cache:
+            options += ["--cache", "true"]
         return [
             sys.executable,
             "-m",
-            "llama_cpp.server",
+            "promptintern.serving.server",
             "--model",
             str(self.gguf_path),
             "--model_alias",
@@ -123,6 +174,11 @@ class LocalOpenAIServer:
             str(self.n_threads),
             "--n_threads_batch",
             str(self.n_threads),
+            "--flash_attn",
+            _flag(self.flash_attn),
+            "--logits_all",
+            _flag(self.logits_all),
+            *options,
             *self.extra_args,
         ]
 
@@ -132,6 +188,8 @@ class LocalOpenAIServer:
             return self
         if not self.gguf_path.is_file():
             raise ServerStartError(f"GGUF model file not found: {self.gguf_path}")
+        if self.lora is not None and not self.lora.is_file():
+            raise ServerStartError(f"GGUF LoRA adapter file not found: {self.lora}")
         if llama_cpp_version() is None:
             raise ServerStartError(
                 f"the local OpenAI-compatible server needs llama-cpp-python: pip install '{SERVER_PACKAGE}'"
@@ -226,3 +284,44 @@ class LocalOpenAIServer:
     def __repr__(self) -> str:
         state = f"running on {self.base_url}" if self.running else "stopped"
         return f"LocalOpenAIServer({str(self.gguf_path)!r}, {state})"
+
+
+# -- the subprocess's entry point ------------------------------------------------------------------------
+
+
+def fresh_prompt_llama() -> type:
+    """A ``llama_cpp.Llama`` subclass whose every request starts from an empty KV cache.
+
+    ``Llama.generate`` (called once per request by ``create_completion``, which chat completions go through
+    too) is where llama-cpp-python compares the new prompt with the tokens it evaluated last and keeps the
+    KV entries of their longest common prefix.  The subclass calls ``self.reset()`` first (``n_tokens = 0``),
+    so that comparison is skipped and the next ``eval`` drops the whole KV cache; nothing else changes, and
+    a RAM prompt cache state loaded just before is discarded the same way.
+    """
+    import llama_cpp
+
+    class FreshPromptLlama(llama_cpp.Llama):
+        def generate(self, tokens, *args, **kwargs):
+            self.reset()
+            return (yield from super().generate(tokens, *args, **kwargs))
+
+    FreshPromptLlama.__name__ = FreshPromptLlama.__qualname__ = "FreshPromptLlama"
+    return FreshPromptLlama
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m promptintern.serving.server [--no_prefix_reuse] <llama_cpp.server arguments>``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if NO_PREFIX_REUSE in args:
+        args = [a for a in args if a != NO_PREFIX_REUSE]
+        import llama_cpp
+
+        llama_cpp.Llama = fresh_prompt_llama()  # llama_cpp.server.model looks the class up at load time
+    from llama_cpp.server.__main__ import main as serve
+
+    sys.argv = [sys.argv[0], *args]  # llama-cpp-python's entry point parses sys.argv itself
+    serve()
+
+
+if __name__ == "__main__":
+    main()
