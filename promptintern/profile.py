@@ -91,6 +91,20 @@ class TrainSettings:
     save_steps: int = 200
     lr_scheduler_type: str = "linear"
     logging_steps: int = 10
+    #: ``continuous``: one AdamW and one LR schedule across all stages (Eq. 4 is one gradient-descent run whose
+    #: prompt changes with the iteration); ``restart``: a fresh optimizer and schedule per stage.
+    optimizer: Literal["continuous", "restart"] = "continuous"
+    #: Compute the LM head and the loss only at the positions that predict answer tokens (same loss).
+    answer_only_head: bool = True
+    #: Compute a batch's shared prompt prefix (the template) once when ``batch_size`` > 1 (same loss and
+    #: gradients): ``kv`` runs it once and the instances on its key/value cache, ``mask`` packs the batch into one
+    #: sequence with an exact 4-D attention mask, ``off`` pads the batch. Needs ``answer_only_head``. Off by
+    #: default: on 2 CPU cores neither layout beat the unpacked answer-only step (the masked attention leaves
+    #: SDPA's causal kernel; benchmarks/test_bench_train_steps.py); not measured on a GPU.
+    shared_prefix: Literal["kv", "mask", "off"] = "off"
+    #: Base-model weights while training: None = bfloat16 on CUDA, float32 on a CPU; ``bfloat16`` /
+    #: ``float32`` / ``float16`` force it (LoRA weights stay float32).
+    dtype: Literal["bfloat16", "float32", "float16"] | None = None
 
 
 def overrides_of(settings: type, name: str) -> type[BaseModel]:
@@ -104,6 +118,22 @@ def overrides_of(settings: type, name: str) -> type[BaseModel]:
 TrainSpec = overrides_of(TrainSettings, "TrainSpec")
 
 
+class OpenAISpec(_Strict):
+    """The ``openai`` backend's endpoint. ``base_url`` None: a llama-cpp-python server started on 127.0.0.1 for
+    each experiment, serving the model's GGUF and the trained adapter as a GGUF LoRA. Otherwise any
+    OpenAI-compatible endpoint (vLLM, a hosted API) serving ``model`` (default: the experiment's model; name
+    the served adapter here for a trained method). ``mode``: ``completions`` sends the rendered prompt,
+    ``chat`` the messages. The key is read from the environment variable ``api_key_env``."""
+
+    base_url: str | None = None
+    model: str | None = None
+    mode: Literal["completions", "chat"] = "completions"
+    api_key_env: str = "OPENAI_API_KEY"
+
+
+Backend = Literal["hf", "llamacpp", "openai", "auto"]
+
+
 class GenerationSpec(_Strict):
     batch_size: int = 1
     max_new_tokens: int | None = None
@@ -111,10 +141,13 @@ class GenerationSpec(_Strict):
     #: deployment would, so a fine-tuned model decodes as fast as its base model; False serves the unmerged
     #: peft model (extra LoRA matmuls on every token). Methods without a LoRA adapter ignore it.
     merge_adapter: bool = True
-    #: ``hf`` (transformers, batched; the reference and the GPU path) or ``llamacpp`` (llama-cpp-python over the
-    #: model's GGUF with the adapter as a GGUF LoRA; one sequence at a time, faster on a CPU). Methods with their
-    #: own decoding loop (gist, prefix-cached) are always served by hf; scores.json records the backend used.
-    backend: Literal["hf", "llamacpp"] = "hf"
+    #: ``hf`` (transformers, batched; the reference and the GPU path), ``llamacpp`` (llama-cpp-python over the
+    #: model's GGUF with the adapter as a GGUF LoRA; one sequence at a time, faster on a CPU), ``openai`` (an
+    #: OpenAI-compatible endpoint, see ``openai``) or ``auto`` (hf or llamacpp, whichever generated the first
+    #: batch of test instances faster; :mod:`promptintern.harness.backend_choice`). Methods with their own
+    #: decoding loop (gist, prefix-cached) are always served by hf; scores.json records the backend used.
+    backend: Backend = "hf"
+    openai: OpenAISpec = OpenAISpec()
 
 
 class GenerationOverrides(_Strict):
@@ -123,7 +156,7 @@ class GenerationOverrides(_Strict):
     batch_size: int | None = None
     max_new_tokens: int | None = None
     merge_adapter: bool | None = None
-    backend: Literal["hf", "llamacpp"] | None = None
+    backend: Backend | None = None
 
 
 class TaskSpec(_Strict):
@@ -150,6 +183,9 @@ class Profile(_Strict):
     baselines: BaselineSpec = BaselineSpec()
     train: TrainSpec = TrainSpec()
     generation: GenerationSpec = GenerationSpec()
+    #: Test instances per task whose latency Table 8 measures through the server (the first of each row's test
+    #: subset; :mod:`promptintern.harness.latency_table`).
+    latency_instances: int = Field(20, ge=1)
     #: Task folders to register before ``tasks`` is checked (paths relative to the profile file).
     include_path: tuple[str, ...] = ()
     #: The section of every task without its own; a task's section overrides it key by key.

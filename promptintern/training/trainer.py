@@ -2,17 +2,26 @@
 
 Layout of ``output_dir``::
 
-    config.json               run fingerprint: the config (minus output_dir) and a hash per stage dataset
+    config.json               run fingerprint: the config (minus output_dir), per stage a dataset hash and chain key
     stage-{i}/checkpoint-*    Trainer checkpoints (adapter, optimizer, scheduler, RNG and trainer state)
     stage-{i}/adapter/        the adapter at the end of stage i (``save_pretrained``)
-    stage-{i}/metrics.json    examples, prompt/answer tokens, loss, steps, wall time
+    stage-{i}/optimizer.pt    AdamW state at the end of stage i (``optimizer: continuous``)
+    stage-{i}/metrics.json    examples, prompt/answer tokens, loss, steps, wall time, tokens/s
     stage-{i}/DONE            written last: the stage is finished
     adapter/                  the final adapter (a copy of the last stage's)
 
-Stage 1 creates the LoRA adapter (seeded); stage i>1 loads stage i-1's adapter as trainable and continues
-it. Each stage is a fresh ``Trainer``, so the optimizer (AdamW) and the LR schedule (linear decay over the
-stage by default) restart at every stage, the usual practice for sequential fine-tuning passes. Stage i runs with
-``seed + i - 1`` (dropout and data order differ between stages but are fixed by the config).
+With ``stage_root`` set, a stage lives in ``stage_root/stage{i}-<chain key>`` and ``stage-{i}`` is a symlink
+to it, so experiments whose leading stages have the same keys (:mod:`.chain`) train them once.
+
+Stage 1 creates the LoRA adapter (seeded); stage i>1 loads stage i-1's adapter as trainable and continues it.
+``optimizer: continuous`` (the default, as Eq. 4 reads) carries the AdamW state from stage to stage and runs
+one LR schedule over the steps of all stages; ``restart`` gives each stage a fresh optimizer and schedule. Stage
+i runs with ``seed + i - 1`` (dropout and data order differ between stages but are fixed by the config).
+
+Each step computes the LM head and the loss at the answer positions only (``answer_only_head``) and, with
+``batch_size`` > 1 and ``shared_prefix`` on, computes the instances' shared template once (``kv``: the rows run
+on its key/value cache; ``mask``: one packed sequence with an exact 4-D mask and position ids); both give the
+loss and gradients of the plain padded batch (``tests/test_train_steps.py``).
 
 Resume: rerunning with the same config and stages skips stages with ``DONE`` and resumes an unfinished one
 from its last complete checkpoint; the Trainer restores the adapter, optimizer, scheduler, the position in
@@ -46,7 +55,8 @@ from promptintern.io import write_json
 from promptintern.methods.stages import TrainExample
 from promptintern.profile import TrainSettings
 from promptintern.serving.models import load_model, load_tokenizer
-from promptintern.training.collate import PadCollator, encode, end_of_turn
+from promptintern.training.chain import StagePlan, plan_stages, stage_steps
+from promptintern.training.collate import PadCollator, SharedPrefixCollator, encode, end_of_turn
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +73,10 @@ class TrainConfig(TrainSettings):
     output_dir: Path
     seed: int = 0
     device: str | None = None
-    dtype: str | None = None
     save_total_limit: int | None = 2
+    #: Where stages live, each in a folder named by its chain key (:mod:`.chain`), so runs with the same
+    #: leading stages share them; None = ``output_dir/stage-{i}``. Not fingerprinted (a place, not a setting).
+    stage_root: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,9 @@ class StageHooks:
     ``(prompt, tokenizer) -> training prompt text`` instead of ``prompt.render(tokenizer)``. ``prepare_base``:
     ``(base model, tokenizer) -> model``, applied to the base model before the adapter is created or loaded.
     ``lora_options``: extra ``LoraConfig`` arguments (stage 1; later stages load the saved adapter config).
-    ``prepare_model``: ``(peft model) -> model`` before training. ``collator``: ``tokenizer -> data collator``.
+    ``prepare_model``: ``(peft model) -> model`` before training. ``collator``: ``tokenizer -> data collator``;
+    a method with its own collator trains with the model's full forward (no answer-only head, no packing),
+    since its batch may carry what only its prepared model understands.
     """
 
     settings: Mapping | None = None
@@ -105,6 +119,7 @@ def _sha256(obj) -> str:
 def _config_dict(config: TrainConfig) -> dict:
     cfg = asdict(config)
     cfg.pop("output_dir")
+    cfg.pop("stage_root")
     cfg["target_modules"] = list(cfg["target_modules"])
     return cfg
 
@@ -128,7 +143,25 @@ def fingerprint(
     }
     if settings:
         found["method"] = json.loads(json.dumps(dict(settings), sort_keys=True))
+    plans = stage_plans(found, config)
+    for entry, plan in zip(found["stages"], plans, strict=True):
+        entry |= {"key": plan.key, "steps": plan.steps}
     return found
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def stage_plans(found: dict, config: TrainConfig) -> list[StagePlan]:
+    """Each stage's chain key, optimizer steps and LR-schedule slice (:func:`.chain.plan_stages`)."""
+    steps = [
+        stage_steps(s["examples"], batch_size=config.batch_size, accumulation=config.gradient_accumulation_steps,
+                    epochs=config.epochs_per_stage, world_size=_world_size())
+        for s in found["stages"]
+    ]  # fmt: skip
+    datasets = [s["sha256"] for s in found["stages"]]
+    return plan_stages(found["config"], found.get("method"), datasets, steps, config.optimizer)
 
 
 def _check_or_record(out: Path, current: dict) -> None:
@@ -260,7 +293,7 @@ def _stage_model(config: TrainConfig, previous: Path | None, seed: int, tokenize
     return hooks.prepare_model(model) if hooks.prepare_model is not None else model
 
 
-def _training_args(config: TrainConfig, stage_dir: Path, seed: int, progress: bool):
+def _training_args(config: TrainConfig, stage_dir: Path, seed: int, progress: bool, max_steps: int):
     from transformers import TrainingArguments
 
     device = _device(config)
@@ -271,6 +304,7 @@ def _training_args(config: TrainConfig, stage_dir: Path, seed: int, progress: bo
         seed=seed,
         data_seed=seed,
         num_train_epochs=config.epochs_per_stage,
+        max_steps=max_steps,  # = the Trainer's own count (chain.stage_steps), fixed so the plan and the run agree
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
@@ -369,38 +403,69 @@ def _save_stage(trainer, stage_dir: Path, metrics: dict) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def _train_stage(index, examples, config, tokenizer, eot, previous, progress, callbacks, hooks) -> None:
-    from transformers import Trainer
+def _answer_only(config: TrainConfig, hooks: StageHooks) -> bool:
+    return config.answer_only_head and hooks.collator is None
 
-    stage_dir = Path(config.output_dir) / f"stage-{index}"
+
+def _collator(config: TrainConfig, tokenizer, hooks: StageHooks):
+    if hooks.collator is not None:
+        return hooks.collator(tokenizer)
+    if _answer_only(config, hooks) and config.shared_prefix != "off" and config.batch_size > 1:
+        return SharedPrefixCollator(tokenizer.pad_token_id, config.shared_prefix)
+    return PadCollator(tokenizer.pad_token_id)
+
+
+def _train_stage(plan: StagePlan, stage_dir: Path, examples, config, tokenizer, eot, previous, run) -> None:
+    """Train stage ``plan.index`` into ``stage_dir``, starting from the adapter (and, ``continuous``, the
+    optimizer state) in the stage folder ``previous``; ``run``: progress, callbacks and hooks."""
+    from promptintern.training.stage_trainer import OPTIMIZER_FILE, StageTrainer
+
+    progress, callbacks, hooks = run
+    index = plan.index
     seed = config.seed + index - 1
     dataset, stats = _encode_stage(index, examples, tokenizer, eot, config.max_length, hooks.render)
-    collator = (
-        hooks.collator(tokenizer) if hooks.collator is not None else PadCollator(tokenizer.pad_token_id)
-    )
-    trainer = Trainer(
-        model=_stage_model(config, previous, seed, tokenizer, hooks),
-        args=_training_args(config, stage_dir, seed, progress),
-        data_collator=collator,
+    continuous = config.optimizer == "continuous"
+    trainer = StageTrainer(
+        model=_stage_model(config, previous / "adapter" if previous else None, seed, tokenizer, hooks),
+        args=_training_args(config, stage_dir, seed, progress, plan.steps),
+        data_collator=_collator(config, tokenizer, hooks),
         train_dataset=dataset,
         callbacks=list(callbacks),
     )
+    trainer.answer_only = _answer_only(config, hooks)
+    if continuous:
+        trainer.schedule = (plan.offset, plan.total)
+        trainer.previous_optimizer = previous / OPTIMIZER_FILE if previous else None
     checkpoint = last_checkpoint(stage_dir)
     if checkpoint is not None:
         log.info("stage %d: resuming from %s", index, checkpoint)
+    first_step = (
+        json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
+    )
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     wall = time.perf_counter() - start
-    tokens = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    computed = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    share = (trainer.state.global_step - first_step) / plan.steps
+    instance_tokens = stats["train_tokens"] * config.epochs_per_stage * share
     metrics = {
         "stage": index,
+        "key": plan.key,
         "seed": seed,
         **stats,
         **_loss_metrics(trainer, result),
         "steps": trainer.state.global_step,
         "epochs": config.epochs_per_stage,
+        "optimizer": config.optimizer,
+        "lr_schedule_steps": [plan.offset, plan.offset + plan.steps, plan.total] if continuous else None,
         "wall_time_s": wall,  # this session only when resumed
-        "tokens_per_s": tokens / wall if wall > 0 else None,  # non-padding tokens, this session
+        # instance tokens trained on per second (a packed batch computes fewer: computed_tokens_per_s)
+        "tokens_per_s": instance_tokens / wall if wall > 0 else None,
+        "computed_tokens_per_s": computed / wall if wall > 0 else None,
+        "shared_prefix": trainer.data_collator.layout
+        if isinstance(trainer.data_collator, SharedPrefixCollator)
+        else None,
+        "answer_only_head": trainer.answer_only,
         "resumed_from": checkpoint.name if checkpoint else None,
     }
     log.info(
@@ -411,7 +476,25 @@ def _train_stage(index, examples, config, tokenizer, eot, previous, progress, ca
         wall,
         metrics["tokens_per_s"] or 0,
     )
+    if continuous and trainer.is_world_process_zero():
+        trainer.save_optimizer_state(stage_dir / OPTIMIZER_FILE)
     _save_stage(trainer, stage_dir, metrics)
+
+
+def _stage_dir(out: Path, config: TrainConfig, plan: StagePlan) -> Path:
+    if config.stage_root is None:
+        return out / f"stage-{plan.index}"
+    return Path(config.stage_root) / f"stage{plan.index}-{plan.key[:20]}"
+
+
+def _link_stage(out: Path, index: int, stage_dir: Path) -> None:
+    """``output_dir/stage-{i}`` -> the shared stage folder (a relative symlink, for browsing the run)."""
+    link = out / f"stage-{index}"
+    if link.is_symlink() or not link.exists():
+        tmp = out / f".stage-{index}.link"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(os.path.relpath(stage_dir, out))
+        os.replace(tmp, link)
 
 
 def train_progressive(
@@ -424,31 +507,37 @@ def train_progressive(
 ) -> Path:
     """Train one LoRA adapter through ``stages`` in order; returns ``output_dir/adapter``.
 
-    ``callbacks`` are extra ``transformers.TrainerCallback`` objects given to every stage's Trainer;
-    ``hooks`` adapt the machinery to another method (:class:`StageHooks`).
+    A stage already finished (``DONE`` in its folder: this run's, or with ``stage_root`` any run's with the
+    same chain key) is reused. ``callbacks`` are extra ``transformers.TrainerCallback`` objects given to every
+    stage's Trainer; ``hooks`` adapt the machinery to another method (:class:`StageHooks`).
     """
     if not stages or any(len(s) == 0 for s in stages):
         raise ValueError("need at least one stage, each with at least one example")
     hooks = hooks or NO_HOOKS
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_or_record(out, fingerprint(stages, config, hooks.settings))
+    found = fingerprint(stages, config, hooks.settings)
+    _check_or_record(out, found)
     tokenizer = hooks.tokenizer if hooks.tokenizer is not None else load_tokenizer(config.model)
     tokenizer.padding_side = "right"
     eot = end_of_turn(tokenizer)
     previous = None
-    for index, examples in enumerate(stages, 1):
-        stage_dir = out / f"stage-{index}"
+    for plan, examples in zip(stage_plans(found, config), stages, strict=True):
+        stage_dir = _stage_dir(out, config, plan)
         if (stage_dir / DONE).is_file():
-            log.info("stage %d: done, skipped", index)
+            log.info("stage %d: done, reused (%s)", plan.index, stage_dir)
         else:
-            _train_stage(index, examples, config, tokenizer, eot, previous, progress, callbacks, hooks)
-        previous = stage_dir / "adapter"
+            _train_stage(
+                plan, stage_dir, examples, config, tokenizer, eot, previous, (progress, callbacks, hooks)
+            )
+        if config.stage_root is not None and is_main_process():
+            _link_stage(out, plan.index, stage_dir)
+        previous = stage_dir
     final = out / "adapter"
     if is_main_process():
         tmp = out / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(previous, tmp)
+        shutil.copytree(previous / "adapter", tmp)
         _replace_dir(tmp, final)
     _barrier()
     return final
