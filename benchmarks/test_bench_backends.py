@@ -63,7 +63,11 @@ def _cpp(cpp, tok, ids, new):
 def test_backend_speed(benchmark, served, rounds, model_info, backend, phase):
     tok, merged, cpp, ids = served
     new = NEW if phase == "decode" else 1
-    run = (lambda: _hf(merged, tok, ids[phase], new)) if backend == "hf" else (lambda: _cpp(cpp, tok, ids[phase], new))
+    run = (
+        (lambda: _hf(merged, tok, ids[phase], new))
+        if backend == "hf"
+        else (lambda: _cpp(cpp, tok, ids[phase], new))
+    )
     run()  # warm-up outside the timed rounds (first call allocates buffers)
     produced = benchmark.pedantic(run, **rounds(3))
     seconds = benchmark.stats.stats.mean
@@ -71,3 +75,33 @@ def test_backend_speed(benchmark, served, rounds, model_info, backend, phase):
     benchmark.extra_info.update(model_info, backend=backend, phase=phase, prompt_tokens=len(ids[phase]),
                                 new_tokens=produced, tokens_per_s=tokens / seconds)  # fmt: skip
     assert produced == new
+
+
+@pytest.mark.parametrize("backend", ["hf", "llamacpp"])
+def test_decode_step(benchmark, served, rounds, model_info, backend):
+    """Pure decode speed: the query-only prompt then NEW + 1 tokens, minus the same prompt then 1 token, so the
+    prompt's prefill and the first token cancel out; timed per round, both calls inside it."""
+    import time
+
+    tok, merged, cpp, ids = served
+    gen = (
+        (lambda n: _hf(merged, tok, ids["decode"], n))
+        if backend == "hf"
+        else (lambda n: _cpp(cpp, tok, ids["decode"], n))
+    )
+    gen(1)  # warm-up
+
+    def step():
+        t0 = time.perf_counter()
+        gen(1)
+        t1 = time.perf_counter()
+        produced = gen(NEW + 1)
+        t2 = time.perf_counter()
+        return produced, (t2 - t1) - (t1 - t0)
+
+    found = []
+    benchmark.pedantic(lambda: found.append(step()), **rounds(3))
+    decode_s = sum(d for _, d in found) / len(found)
+    benchmark.extra_info.update(model_info, backend=backend, phase="decode_step", prompt_tokens=len(ids["decode"]),
+                                decode_tokens=NEW, decode_s=decode_s, tokens_per_s=NEW / decode_s)  # fmt: skip
+    assert all(p == NEW + 1 for p, _ in found)

@@ -101,6 +101,23 @@ class Metric:
     def signature(self, rows: Sequence[Mapping[str, Any]]) -> str:
         return f"{self.name}|v{self.version}|n:{len(rows)}"
 
+    def paired_interval(
+        self, rows_a: Sequence[Mapping[str, Any]], rows_b: Sequence[Mapping[str, Any]], **kwargs: Any
+    ) -> tuple[float, float]:
+        """95 % paired bootstrap interval of ``primary(a) - primary(b)``: both scored on the SAME resampled
+        instances (rows matched by ``id``), so what the two share cancels out."""
+        from promptintern.evaluation.stats import bootstrap_ci
+
+        a, b = _aligned(rows_a, rows_b)
+        return bootstrap_ci(
+            len(a),
+            lambda idx: (
+                self.aggregate([a[i] for i in idx])[self.primary]
+                - self.aggregate([b[i] for i in idx])[self.primary]
+            ),
+            **kwargs,
+        )
+
     def failed(self, row: Mapping[str, Any]) -> bool:
         """Whether a per-instance row fell short of full marks."""
         return abs(float(row[self.field]) - float(self.perfect)) > 1e-9
@@ -118,6 +135,14 @@ class Metric:
         rows = self.rows(task, instances, preds, **options)
         metrics, signature = self.summary(rows)
         return TaskScore(task.name, metrics, rows, self.primary, signature=signature, metric=self.name)
+
+
+def _aligned(rows_a, rows_b) -> tuple[list, list]:
+    """``rows_b`` in the order of ``rows_a``'s ids (the same instances, else ValueError)."""
+    by_id = {r["id"]: r for r in rows_b}
+    if set(by_id) != {r["id"] for r in rows_a}:
+        raise ValueError("a paired comparison needs the same test instances on both sides")
+    return list(rows_a), [by_id[r["id"]] for r in rows_a]
 
 
 def _pairs(instances: Sequence[Instance], predictions: Sequence[str]) -> list[dict[str, Any]]:
@@ -203,7 +228,17 @@ class _Corpus(Metric):
     def interval(self, rows, **kwargs: Any) -> tuple[float, float]:
         from promptintern.evaluation.stats import corpus_ci
 
-        return corpus_ci(self.scorer(), [r["prediction"] for r in rows], [r["reference"] for r in rows], **kwargs)
+        return corpus_ci(
+            self.scorer(), [r["prediction"] for r in rows], [r["reference"] for r in rows], **kwargs
+        )
+
+    def paired_interval(self, rows_a, rows_b, **kwargs: Any) -> tuple[float, float]:
+        from promptintern.evaluation.stats import paired_corpus_ci
+
+        a, b = _aligned(rows_a, rows_b)
+        refs = [r["reference"] for r in a]
+        preds = ([r["prediction"] for r in a], [r["prediction"] for r in b])
+        return paired_corpus_ci(self.scorer(), preds, refs, **kwargs)
 
     def signature(self, rows) -> str:
         return self._corpus(rows)[1]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import string
 
-import pytest
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does: llama.cpp in-process next to torch
+
+import pytest  # noqa: E402
 
 from promptintern.testing import save_tiny_llama
 

@@ -144,7 +144,7 @@ def test_failing_rows_are_recorded_and_others_render(tmp_path, tiny_model_dir, m
     assert "| No template | failed: RuntimeError: boom | — | — |" in md
     assert "| LLMLingua-2 | not run: " in md and f"| Query only | {rows['zero-shot'].value:.1f} [" in md
     csv_lines = (out / "table9.csv").read_text().splitlines()
-    assert len(csv_lines) == 5 and csv_lines[2].endswith(",failed" + "," * 20 + "RuntimeError: boom")
+    assert len(csv_lines) == 5 and csv_lines[2].endswith(",failed" + "," * 25 + "RuntimeError: boom")
 
 
 def test_sizing_records_skipped_cells_as_not_run(tmp_path, tiny_model_dir):

@@ -104,13 +104,14 @@ Command: `promptintern reproduce --tables 9`
 
 EXPECTED_CSV = (
     "table,label,method,variant,task,status,metric,value,ci_lo,ci_hi,n,input_tokens_mean,template_tokens_mean,"
-    "compression_x,tau_all,tau_full,rate_requested,rate_achieved,latency_s_mean,speedup,cost_usd_per_instance,"
+    "compression_x,tau_all,tau_full,rate_requested,rate_achieved,latency_s_mean,ttft_s_mean,tpot_s_mean,"
+    "latency_output_tokens_mean,latency_n,latency_source,speedup,cost_usd_per_instance,"
     "input_tokens_cl100k_mean,output_tokens_cl100k_mean,cost_ft_gpt35_usd_per_instance,"
     "cost_ft_gpt4_usd_per_instance,reason\n"
-    "9,PromptIntern,promptintern,,nl2bash,ok,bleu,12.345,10,14.56,20,56.3,484.18,8.6,0.11628,0.01675,,,0.5,,0,"
+    "9,PromptIntern,promptintern,,nl2bash,ok,bleu,12.345,10,14.56,20,56.3,484.18,8.6,0.11628,0.01675,,,0.5,,,,,,,0,"
     ",,,,\n"
-    "9,LLMLingua-2,llmlingua2,,nl2bash,not run,,,,,,,,,,,,,,,,,,,,no checkpoint | set X\n"
-    "9,Gist,gist,,nl2bash,missing,,,,,,,,,,,,,,,,,,,,\n"
+    "9,LLMLingua-2,llmlingua2,,nl2bash,not run,,,,,,,,,,,,,,,,,,,,,,,,,no checkpoint | set X\n"
+    "9,Gist,gist,,nl2bash,missing,,,,,,,,,,,,,,,,,,,,,,,,,\n"
 )
 
 
@@ -159,24 +160,36 @@ def test_render_exact_markdown_and_csv(tmp_path):
 
 def test_latency_layout_speedup(tmp_path):
     spec = load_spec(8)
+    server = dict(table_id="8", latency_source="server", latency_n=10)
     rows = [
-        _row("zero-shot-full", table_id="8", latency_s_mean=4.0, value=1.0, cost_ft_gpt35_usd_per_instance=0.002),
-        _row("promptintern", table_id="8", latency_s_mean=0.5, value=2.0, cost_ft_gpt35_usd_per_instance=0.0001),
+        _row("zero-shot-full", latency_s_mean=4.0, ttft_s_mean=3.0, tpot_s_mean=0.02, latency_output_tokens_mean=51.0,
+             value=1.0, cost_ft_gpt35_usd_per_instance=0.002, **server),
+        _row("promptintern", latency_s_mean=0.5, ttft_s_mean=0.1, tpot_s_mean=0.0125, latency_output_tokens_mean=33.0,
+             value=2.0, cost_ft_gpt35_usd_per_instance=0.0001, **server),
         _row("ft-full", table_id="8", status="not run", reason="outside the budget"),
-    ]
+        _row("gist", table_id="8", value=1.5, latency_source="not measured: gist decodes with its own loop (HF)"),
+    ]  # fmt: skip
     md = write_table(spec, rows, tmp_path, profile="cpu", model="embedded")[0].read_text()
-    assert "| NL2Bash latency (s) | NL2Bash speedup | NL2Bash $/1K inst (ft gpt-3.5) |" in md
+    assert (
+        "| NL2Bash latency (s) | NL2Bash TTFT (s) | NL2Bash TPOT (ms) | NL2Bash out tok | NL2Bash speedup "
+        "| NL2Bash $/1K inst (ft gpt-3.5) |" in md
+    )
     # ft-full has no result, so zero-shot-full is the reference: 4.0 / 0.5 = 8x
-    assert "| PromptIntern | — | — | — | — | — | — | 0.500 | 8.00× | 0.100 |" in md
+    assert "| PromptIntern " + "| — " * 12 + "| 0.500 | 0.100 | 12.5 | 33.0 | 8.00× | 0.100 |" in md
+    assert (
+        "| Gist tokens " + "| — " * 12 + "| gist decodes with its own loop (HF) | — | — | — | — | — |" in md
+    )
     assert "NL2Bash: promptintern costs 95.0 % less than zero-shot-full at fine-tuned gpt-3.5-turbo" in md
     records = json.loads((tmp_path / "table8.json").read_text())["records"]
     saving = [r.get("cost_saving_vs_reference") for r in records if r["task"] == "nl2bash"]
     assert saving.count(None) == len(saving) - 1 and pytest.approx(0.95) in saving
-    dashes = "| — | — | — | — | — | — |"
-    assert f"| FT: template + k shots {dashes} not run: outside the budget | — | — |" in md
+    assert (
+        "| FT: template + k shots " + "| — " * 12 + "| not run: outside the budget | — | — | — | — | — |"
+        in md
+    )
     assert "Speedup reference: NL2Bash: zero-shot-full." in md
     csv_text = (tmp_path / "table8.csv").read_text()
-    assert "promptintern,,nl2bash,ok,,2,,,,,,,,,,,0.5,8,,,,0.0001,," in csv_text
+    assert "promptintern,,nl2bash,ok,,2,,,,,,,,,,,0.5,0.1,0.0125,33,10,server,8,,,,0.0001,," in csv_text
 
 
 def test_tau_all_and_overrides():

@@ -39,8 +39,27 @@ def corpus_ci(scorer, predictions: Sequence[str], references: Sequence[str], **k
     """
     stats = np.asarray(scorer._extract_corpus_statistics(list(predictions), [list(references)]), dtype=np.int64)
     return bootstrap_ci(
-        len(stats), lambda idx: float(scorer._compute_score_from_stats(stats[idx].sum(axis=0)).score), **kwargs
+        len(stats),
+        lambda idx: float(scorer._compute_score_from_stats(stats[idx].sum(axis=0)).score),
+        **kwargs,
     )
+
+
+def paired_corpus_ci(
+    scorer, predictions: tuple[Sequence[str], Sequence[str]], references: Sequence[str], **kwargs
+) -> tuple[float, float]:
+    """Paired bootstrap interval of ``score(predictions[0]) - score(predictions[1])`` for a sacrebleu corpus
+    metric: each resample draws instances once and re-scores both systems on them (summed statistics)."""
+    stats = [
+        np.asarray(scorer._extract_corpus_statistics(list(p), [list(references)]), dtype=np.int64)
+        for p in predictions
+    ]
+
+    def diff(idx: np.ndarray) -> float:
+        a, b = (scorer._compute_score_from_stats(s[idx].sum(axis=0)).score for s in stats)
+        return float(a - b)
+
+    return bootstrap_ci(len(stats[0]), diff, **kwargs)
 
 
 def corpus_bleu_ci(predictions: Sequence[str], references: Sequence[str], **kwargs) -> tuple[float, float]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from promptintern import __version__, keys
 from promptintern.baselines import BaselineUnavailable
+from promptintern.harness.backend_choice import close, restore_choice
 from promptintern.io import atomic_write_text, write_json
 from promptintern.methods.registry import METHODS, Method, get_method  # noqa: F401 (METHODS re-exported)
 from promptintern.methods.schedule import Schedule, example_counts
@@ -43,7 +44,7 @@ from promptintern.profile import Profile, TrainSettings
 from promptintern.tasks import Instance, Task, Template, get_task, resolve_task
 
 #: Generation backends (``generation.backend``, ``--backend``).
-BACKENDS = ("hf", "llamacpp")
+BACKENDS = ("hf", "llamacpp", "openai", "auto")
 
 
 def _slug(model: str) -> str:
@@ -58,8 +59,10 @@ class Experiment:
     model: str | None = None
     #: Ignore the profile's ``test_limit`` (e.g. to count tokens over the whole test split).
     full_test: bool = False
-    #: Generation backend overriding the profile's ``generation.backend`` (``hf`` or ``llamacpp``).
+    #: Generation backend overriding the profile's ``generation.backend`` (one of :data:`BACKENDS`).
     backend_override: str | None = None
+    #: The backend ``auto`` chose for this run (:mod:`promptintern.harness.backend_choice`), once it has.
+    chosen_backend: str | None = None
     #: Serve only the first ``limit`` test instances (within the profile's ``test_limit``).
     limit: int | None = None
 
@@ -114,7 +117,10 @@ class Experiment:
 
     def unavailable(self) -> str | None:
         """Why this experiment cannot run here (no model is loaded to find out), else None."""
-        if self.backend == "llamacpp":
+        local_server = (
+            self.backend == "openai" and self.profile.generation_for(self.task_name).openai.base_url is None
+        )
+        if self.backend == "llamacpp" or local_server:
             from promptintern.serving.llamacpp import LlamaCppUnavailable, gguf_for
 
             try:
@@ -221,19 +227,34 @@ class Experiment:
     @property
     def merges_adapter(self) -> bool:
         """Whether generation folds this method's LoRA adapter into the base weights (never for Gist)."""
-        return self.trains and self.spec.mergeable and self.profile.generation_for(self.task_name).merge_adapter
+        return (
+            self.trains and self.spec.mergeable and self.profile.generation_for(self.task_name).merge_adapter
+        )
+
+    @property
+    def requested_backend(self) -> str:
+        """The backend asked for, if the method supports it, else ``hf`` (gist and prefix-cached decode with
+        their own HF loops); ``auto`` needs both hf and llamacpp, and a GGUF for the model."""
+        requested = self.backend_override or self.profile.generation_for(self.task_name).backend
+        if requested == "auto":
+            from promptintern.harness.backend_choice import auto_candidates
+
+            return "auto" if len(auto_candidates(self)) > 1 else "hf"
+        return requested if requested in self.spec.backends else "hf"
 
     @property
     def backend(self) -> str:
-        """The generation backend that serves this experiment: the one requested if the method supports it,
-        else ``hf`` (gist and prefix-cached decode with their own HF loops)."""
-        requested = self.backend_override or self.profile.generation_for(self.task_name).backend
-        return requested if requested in self.spec.backends else "hf"
+        """The backend that serves this experiment: the requested one, or what ``auto`` chose."""
+        return self.chosen_backend or self.requested_backend
 
     def _generation_settings(self) -> dict[str, Any]:
-        gen = self.profile.generation_for(self.task_name).model_dump(exclude={"merge_adapter", "backend"})
-        if self.backend != "hf":  # keys of hf runs stay as they were
-            gen["backend"] = self.backend
+        gen = self.profile.generation_for(self.task_name).model_dump(
+            exclude={"merge_adapter", "backend", "openai"}
+        )
+        if self.requested_backend != "hf":  # keys of hf runs stay as they were
+            gen["backend"] = self.requested_backend
+        if self.requested_backend == "openai":
+            gen["openai"] = self.profile.generation_for(self.task_name).openai.model_dump()
         return gen | {
             "decoding_version": keys.method_version("decoding"),
             "max_new_tokens": self.max_new_tokens,
@@ -331,7 +352,10 @@ class Experiment:
 
         overrides = self.profile.train_for(self.task_name).model_dump(exclude_none=True)
         out = output_dir if output_dir is not None else self.train_directory
-        return TrainConfig(model=self.model, output_dir=out, seed=self.profile.seed, **overrides)
+        stage_root = home() / "adapters" / self.task_name / "stages" / _slug(self.model)
+        return TrainConfig(
+            model=self.model, output_dir=out, seed=self.profile.seed, stage_root=stage_root, **overrides
+        )
 
     def _effective_train(self) -> dict[str, Any]:
         """Every profile-settable training field with its effective value (defaults included)."""
@@ -382,8 +406,14 @@ class Experiment:
         todo = [(i, p) for i, p in zip(self.test_set, prompts, strict=True) if i.id not in done]
         if not todo:
             return out
-        model, tok = self._load_for_generation(progress)
-        stream = self._generations(model, tok, [p for _, p in todo], prompts)
+        restore_choice(self)
+        if self.backend == "auto":
+            from promptintern.harness.backend_choice import choose_backend
+
+            model, tok, stream = choose_backend(self, [p for _, p in todo], prompts, progress)
+        else:
+            model, tok = self._load_for_generation(progress)
+            stream = self._generations(model, tok, [p for _, p in todo], prompts)
         out.parent.mkdir(parents=True, exist_ok=True)
         with self._timed("generate"), open(out, "a", encoding="utf-8") as fh:
             for (inst, prompt), g in tqdm(
@@ -406,6 +436,7 @@ class Experiment:
                         rec[extra] = getattr(g, extra)
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 fh.flush()
+        close(model)
         return out
 
     def _billed_tokens(self, prompt, output: str) -> dict[str, int]:
@@ -437,6 +468,7 @@ class Experiment:
         if cached.is_file():
             return json.loads(cached.read_text())
         path = self.predict(progress)
+        restore_choice(self)
         records = read_predictions(path, self.test_set)
         t0 = time.perf_counter()
         score = self.task.score(

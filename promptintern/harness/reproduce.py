@@ -321,6 +321,35 @@ def _cells(spec: TableSpec, rows: list[RunRow]) -> list[RunRow]:
     return [r for r in rows if (r.method, r.variant, r.task) in wanted]
 
 
+def _server_latency(specs, jobs, store: ResultsStore, base: Profile, model: str, progress: bool) -> None:
+    """Table 8's latency through the OpenAI-compatible server (:mod:`.latency_table`), written into its rows."""
+    from promptintern.harness.latency_table import measure_task, row_fields
+
+    for spec in (s for s in specs if s.layout == "latency"):
+        for task in spec.tasks:
+            stored = {
+                (r.method, r.variant): r for r in store.rows(spec.id, base.name, model=model, task=task)
+            }
+            rows = {}
+            for job in jobs:
+                for cell_spec, row in job.cells:
+                    found = stored.get((row.method, row.variant))
+                    if (
+                        cell_spec.id == spec.id
+                        and job.task == task
+                        and found is not None
+                        and found.status == "ok"
+                    ):
+                        rows[row.id] = (job.experiment, found)
+            if not rows:
+                continue
+            _say(f"table {spec.id} {task}: latency of {len(rows)} rows through the server", progress)
+            n = min(base.latency_instances, *(len(e.test_set) for e, _ in rows.values()))
+            measured = measure_task(task, {name: e for name, (e, _) in rows.items()}, n, progress)
+            for name, (_, found) in rows.items():
+                store.record(dataclasses.replace(found, **row_fields(measured[name])))
+
+
 def reproduce(
     profile: Profile | str,
     tables: str | Iterable[str | int] | None = None,
@@ -407,7 +436,9 @@ def reproduce(
                 prices_as_of=price_list.as_of,
             )
             computed = (result or {}).get("provenance")
-            if computed:  # git, packages and hardware of the run that computed the result; this run's git kept
+            if (
+                computed
+            ):  # git, packages and hardware of the run that computed the result; this run's git kept
                 prov = {**prov, **computed, "recorded_git": prov["git"]}
             for spec, row in job.cells:
                 store.record(
@@ -437,6 +468,7 @@ def reproduce(
                 }
             )
             gc.collect()
+        _server_latency(specs, work.jobs, store, base, model_name, progress)
         paths = render_all(store, specs, out, profile=base.name, model=model_name, command=command)
         rows = [r for spec in specs for r in _cells(spec, store.rows(spec.id, base.name, model=model_name))]
         paths += plots.render_plots(rows, base, out)
@@ -480,7 +512,9 @@ def reproduce_cmd(
         None, "--task", "-t", help="A task name or folder replacing the tables' tasks; repeatable."
     ),
     backend: str | None = typer.Option(
-        None, "--backend", help="Generation backend of every experiment: hf or llamacpp (default: the profile's)."
+        None,
+        "--backend",
+        help="Generation backend of every experiment: hf, llamacpp, openai or auto (default: the profile's).",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output on stderr."),
 ) -> None:

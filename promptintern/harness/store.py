@@ -61,6 +61,13 @@ class RunRow:
     rate_achieved: float | None = None
     shots: int | None = None
     latency_s_mean: float | None = None
+    #: Table 8: ``server`` (measured through the OpenAI-compatible server, :mod:`..latency_table`), else the
+    #: experiment's own generation; ``not measured: <reason>`` when a row has none.
+    latency_source: str | None = None
+    ttft_s_mean: float | None = None
+    tpot_s_mean: float | None = None
+    latency_output_tokens_mean: float | None = None
+    latency_n: int | None = None
     cost_usd_per_instance: float | None = None
     #: The request billed as the paper's API models would: cl100k counts of the actual input and output.
     input_tokens_cl100k_mean: float | None = None

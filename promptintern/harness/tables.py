@@ -58,6 +58,11 @@ CSV_FIELDS = (
     "rate_requested",
     "rate_achieved",
     "latency_s_mean",
+    "ttft_s_mean",
+    "tpot_s_mean",
+    "latency_output_tokens_mean",
+    "latency_n",
+    "latency_source",
     "speedup",
     "cost_usd_per_instance",
     "input_tokens_cl100k_mean",
@@ -216,7 +221,14 @@ def header(spec: TableSpec) -> list[str]:
     for t in spec.tasks:
         name = task_title(t)
         if spec.layout == "latency":
-            cols += [f"{name} latency (s)", f"{name} speedup", f"{name} $/1K inst (ft gpt-3.5)"]
+            cols += [
+                f"{name} latency (s)",
+                f"{name} TTFT (s)",
+                f"{name} TPOT (ms)",
+                f"{name} out tok",
+                f"{name} speedup",
+                f"{name} $/1K inst (ft gpt-3.5)",
+            ]
         else:
             cols += [f"{name} {metric_title(t)}", f"{name} tokens", f"{name} ×"]
             if spec.rates:
@@ -252,11 +264,16 @@ class _Grid:
         ok = _ok(r)
         if self.spec.layout == "latency":
             if ok is None:
-                return [_metric_cell(r) if r is not None else "—", "—", "—"]
+                return [_metric_cell(r) if r is not None else "—"] + ["—"] * 5
             speed = self.speedup(ok)
             cost = ok.cost_ft_gpt35_usd_per_instance
+            source = ok.latency_source or ""
+            latency = source.removeprefix("not measured: ") if source.startswith("not measured") else None
             return [
-                _num(ok.latency_s_mean, ".3f"),
+                _md_text(latency[:80]) if latency else _num(ok.latency_s_mean, ".3f"),
+                _num(ok.ttft_s_mean, ".3f"),
+                _num(None if ok.tpot_s_mean is None else 1000 * ok.tpot_s_mean, ".1f"),
+                _num(ok.latency_output_tokens_mean, ".1f"),
                 "—" if speed is None else f"{speed:.2f}×",
                 _num(None if cost is None else 1000 * cost, ".3f"),
             ]

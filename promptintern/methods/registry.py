@@ -48,7 +48,7 @@ class Method:
     question_aware: bool = False
     #: Generation backends that can serve the method (``generation.backend`` in a profile). Methods with their
     #: own decoding loop (gist tokens, a shared prefix cache) are served by HF only.
-    backends: tuple[str, ...] = ("hf", "llamacpp")
+    backends: tuple[str, ...] = ("hf", "llamacpp", "openai")
 
     def schedules(self, exp: Experiment) -> tuple[Schedule, Schedule]:
         raise NotImplementedError
@@ -83,12 +83,10 @@ class Method:
     def load(self, exp: Experiment, adapter: Path | None):
         """The model and tokenizer that serve the test prompts (for llamacpp: the llama.cpp generator over the
         model's GGUF and the adapter exported as a GGUF LoRA, with the HF tokenizer that renders prompts)."""
-        if exp.backend == "llamacpp":
-            from promptintern.serving.llamacpp import LlamaCppGenerator, adapter_gguf, gguf_for
+        if exp.backend in ("llamacpp", "openai"):
             from promptintern.serving.models import load_tokenizer
 
-            lora = adapter_gguf(adapter, exp.model) if adapter is not None else None
-            return LlamaCppGenerator(gguf_for(exp.model), lora, n_ctx=exp.context_length), load_tokenizer(exp.model)
+            return _served(exp, adapter), load_tokenizer(exp.model)
         if adapter is not None:
             from promptintern.training.trainer import load_for_inference
 
@@ -106,12 +104,44 @@ class Method:
         if exp.backend == "llamacpp":  # the same token ids as HF would see
             ids = [tok(text, add_special_tokens=False)["input_ids"] for text in rendered]
             return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop)
+        if exp.backend == "openai":
+            from promptintern.serving.openai_backend import ServedPrompt
+
+            served = [
+                ServedPrompt(text, p.to_messages(), len(tok(text, add_special_tokens=False)["input_ids"]))
+                for p, text in zip(prompts, rendered, strict=True)
+            ]
+            return model.generate(served, max_new_tokens=max_new_tokens, stop=stop)
         batch = exp.profile.generation_for(exp.task_name).batch_size
         return generate(model, tok, rendered, max_new_tokens=max_new_tokens, batch_size=batch, stop=stop)
 
     def billed_prompt_tokens(self, exp: Experiment, prompt: Prompt, counter) -> int:
         """The request's input tokens as an API would bill them (``counter``: cl100k chat accounting)."""
         return counter.count_prompt(prompt)
+
+
+def _served(exp: Experiment, adapter: Path | None):
+    """The llamacpp generator, or the ``openai`` backend's client (with a local llama-cpp-python server on
+    127.0.0.1 when the profile names no endpoint; the client's ``close`` stops it)."""
+    import os
+
+    from promptintern.serving.llamacpp import LlamaCppGenerator, adapter_gguf, gguf_for
+    from promptintern.serving.openai_backend import OpenAIGenerator
+    from promptintern.serving.server import LocalOpenAIServer
+
+    spec = exp.profile.generation_for(exp.task_name).openai
+    if exp.backend == "openai" and spec.base_url is not None:
+        model = spec.model or exp.model
+        return OpenAIGenerator(spec.base_url, model, os.environ.get(spec.api_key_env), mode=spec.mode)
+    lora = adapter_gguf(adapter, exp.model) if adapter is not None else None
+    if exp.backend == "llamacpp":
+        return LlamaCppGenerator(gguf_for(exp.model), lora, n_ctx=exp.context_length)
+    server = LocalOpenAIServer(
+        gguf_for(exp.model), lora=lora, n_ctx=exp.context_length, prefix_reuse=False
+    ).start()
+    client = OpenAIGenerator(server.base_url, server.model_id, mode=spec.mode)
+    client.close = server.stop
+    return client
 
 
 class PromptIntern(Method):
@@ -150,6 +180,8 @@ class PrefixCached(Fixed):
     computed once and reused (:mod:`promptintern.serving.prefix_cache`)."""
 
     backends = ("hf",)
+    #: Table 8 serves it by a server that reuses the shared prefix's key/values across requests.
+    prefix_cached = True
 
     def generate(self, exp: Experiment, model, tok, prompts, all_prompts, max_new_tokens: int, stop=()) -> Iterator:
         from promptintern.serving.prefix_cache import PrefixCachedGenerator
