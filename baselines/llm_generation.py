@@ -367,8 +367,11 @@ class LLMGenerationCompressor(BaseCompressor):
             if self._server is None or not self._server.running:
                 from promptintern.serving.server import LocalOpenAIServer
 
-                # flash attention off: the setting every cached compression of this baseline was made with
-                self._server = LocalOpenAIServer(**{"flash_attn": False, **self.server_options}).start()
+                # flash attention off and every core decoding: the settings every cached compression of this
+                # baseline was made with
+                cores = os.cpu_count() or 1
+                defaults = {"flash_attn": False, "n_threads": cores, "n_threads_batch": cores}
+                self._server = LocalOpenAIServer(**{**defaults, **self.server_options}).start()
                 self._client = None
                 atexit.register(self.close)
             base_url, model = self._server.base_url, self._server.model_id
