@@ -42,7 +42,7 @@ METHOD_VERSIONS: dict[str, int] = {
     "promptintern": 2,
     "zero-shot": 1,
     "zero-shot-full": 1,
-    "prefix-cached": 1,
+    "prefix-cached": 2,  # served by llama.cpp too (its own prompt-prefix match)
     "ft-full": 1,
     "ft-compressed": 1,
     "ft-template": 1,

@@ -59,3 +59,20 @@ def test_an_experiment_runs_through_a_local_openai_compatible_server():
     # the same GGUF, greedy, the same prompt text: the server's answers are the in-process llama.cpp's
     assert [r["input_tokens"] for r in records] == [r["input_tokens"] for r in same]
     assert [r["output"] for r in records] == [r["output"] for r in same]
+
+
+@pytest.mark.integration
+def test_llamacpp_prefix_reuse_gives_the_same_answers_from_the_cached_prefix():
+    pytest.importorskip("llama_cpp")
+    from promptintern.serving.llamacpp import LlamaCppGenerator, gguf_for
+    from promptintern.serving.models import load_tokenizer
+
+    tok = load_tokenizer("embedded")
+    exp = Experiment("nl2bash", "prefix-cached", load_profile("smoke"), limit=3)
+    ids = [tok(p.render(tok), add_special_tokens=False)["input_ids"] for p in exp.inference_prompts()]
+    gen = LlamaCppGenerator(gguf_for("embedded"), n_ctx=exp.context_length)
+    plain = list(gen.generate(ids, max_new_tokens=12))
+    reused = list(gen.generate(ids, max_new_tokens=12, reuse_prefix=True))
+    assert [g.text for g in reused] == [g.text for g in plain]
+    shared = min(next(i for i, (a, b) in enumerate(zip(ids[0], other, strict=False)) if a != b) for other in ids[1:])
+    assert shared > 100 and all(g.cached_tokens >= shared for g in reused[1:])

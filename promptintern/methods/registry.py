@@ -177,14 +177,19 @@ class Fixed(Method):
 
 class PrefixCached(Fixed):
     """The untrained full prompt served with the key/values of the prefix shared by all test prompts
-    computed once and reused (:mod:`promptintern.serving.prefix_cache`)."""
+    computed once and reused (:mod:`promptintern.serving.prefix_cache`; on llama.cpp, its own match of the
+    prompt's prefix with the tokens evaluated before)."""
 
-    backends = ("hf",)
+    backends = ("hf", "llamacpp")
     #: Table 8 serves it by a server that reuses the shared prefix's key/values across requests.
     prefix_cached = True
 
     def generate(self, exp: Experiment, model, tok, prompts, all_prompts, max_new_tokens: int, stop=()) -> Iterator:
         from promptintern.serving.prefix_cache import PrefixCachedGenerator
+
+        if exp.backend == "llamacpp":
+            ids = [tok(p.render(tok), add_special_tokens=False)["input_ids"] for p in prompts]
+            return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop, reuse_prefix=True)
 
         cached = PrefixCachedGenerator(model, tok)
         cached.prepare([p.render(tok) for p in all_prompts])  # the whole subset's prefix, so a resume reuses it

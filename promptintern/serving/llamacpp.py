@@ -68,15 +68,32 @@ class LlamaCppGenerator:
         self.identity = {"gguf": gguf.name, "lora": lora is not None, "flash_attn": flash_attn}
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
-                 stop: Sequence[str] = ()) -> Iterator[Generation]:  # fmt: skip
-        """Greedy completions, one per prompt (token ids), cut at the first stop string."""
+                 stop: Sequence[str] = (), reuse_prefix: bool = False) -> Iterator[Generation]:  # fmt: skip
+        """Greedy completions, one per prompt (token ids), cut at the first stop string.
+
+        ``reuse_prefix``: keep the key/values of the longest prefix a prompt shares with the tokens evaluated
+        just before (llama-cpp-python's own prefix match), so a shared template is computed once; each
+        generation then says how many of its prompt tokens came from the cache (``cached_tokens``). Otherwise
+        every prompt is evaluated whole."""
+        from promptintern.serving.prefix_cache import CachedGeneration
+
         for ids in prompt_ids:
-            self.llm.reset()
+            ids = list(ids)
+            cached = 0
+            if reuse_prefix:
+                held = list(self.llm._input_ids)  # what the context holds now
+                cached = next((i for i, (a, b) in enumerate(zip(held, ids[:-1], strict=False)) if a != b),
+                              min(len(held), len(ids) - 1))  # fmt: skip
+            else:
+                self.llm.reset()
             t0 = time.perf_counter()
             out = self.llm.create_completion(
-                prompt=list(ids), max_tokens=max_new_tokens, temperature=0.0, top_k=1, stop=list(stop) or None
+                prompt=ids, max_tokens=max_new_tokens, temperature=0.0, top_k=1, stop=list(stop) or None
             )
             elapsed = time.perf_counter() - t0
-            text = out["choices"][0]["text"]
-            yield Generation(cut_at_stop(text, stop), len(ids), int(out["usage"]["completion_tokens"]), elapsed)
+            text, produced = cut_at_stop(out["choices"][0]["text"], stop), int(out["usage"]["completion_tokens"])
+            if reuse_prefix:
+                yield CachedGeneration(text, len(ids), produced, elapsed, cached_tokens=cached)
+            else:
+                yield Generation(text, len(ids), produced, elapsed)
 
