@@ -76,3 +76,17 @@ def test_llamacpp_prefix_reuse_gives_the_same_answers_from_the_cached_prefix():
     assert [g.text for g in reused] == [g.text for g in plain]
     shared = min(next(i for i, (a, b) in enumerate(zip(ids[0], other, strict=False)) if a != b) for other in ids[1:])
     assert shared > 100 and all(g.cached_tokens >= shared for g in reused[1:])
+
+
+def test_agreement_report_pairs_the_two_runs(tiny_model_dir, tmp_path):
+    from promptintern.harness.agreement import agreement, write_report
+
+    smoke = load_profile("smoke")
+    # a tiny model has no GGUF, so `auto` serves with hf: the same run twice, a zero difference
+    report = agreement("nl2bash", "zero-shot", smoke, backends=("hf", "auto"), limit=3, model=str(tiny_model_dir),
+                       progress=False)  # fmt: skip
+    assert report["n"] == 3 and report["backends"] == ["hf", "hf"] and report["metric"] == "bleu"
+    assert report["diff"] == 0.0 and report["paired_ci95"] == [0.0, 0.0] and report["agree"]
+    assert report["identical_predictions"] == 3
+    js, md = write_report([report], tmp_path / "agreement")
+    assert json.loads(js.read_text())[0]["task"] == "nl2bash" and "| nl2bash | zero-shot | 3 | bleu |" in md.read_text()

@@ -132,6 +132,6 @@ def test_an_experiment_runs_on_the_llamacpp_backend():
     assert exp.backend == "llamacpp" and exp.key != hf.key and exp.train_key == hf.train_key
     result = exp.evaluate(progress=False)
     assert result["backend"] == "llamacpp" and result["n"] == 2 and result["input_tokens_mean"] > 0
-    assert Experiment("nl2bash", "prefix-cached", smoke, backend_override="llamacpp").backend == "hf"
+    assert Experiment("nl2bash", "gist", smoke, backend_override="llamacpp").backend == "hf"
     with pytest.raises(ValueError, match="unknown backend"):
         Experiment("nl2bash", "zero-shot", smoke, backend_override="vllm")

@@ -24,6 +24,14 @@ def _rows(exp) -> list[dict]:
     ]
 
 
+def _predictions(exp) -> dict[str, str]:
+    """The raw model outputs of a run by instance id (what the two backends generated)."""
+    import json
+
+    lines = (exp.directory / "predictions.jsonl").read_text().splitlines()
+    return {r["task_id"]: r["output"] for r in map(json.loads, filter(str.strip, lines))}
+
+
 def agreement(
     task: str, method: str, profile, *, backends: Sequence[str] = ("hf", "llamacpp"), limit: int = 100,
     model: str | None = None, progress: bool = True,
@@ -42,7 +50,7 @@ def agreement(
     rows = [_rows(exp) for exp in runs]
     metric = runs[0].task.metric
     lo, hi = metric.paired_interval(rows[0], rows[1])
-    preds = [{r["id"]: r.get("prediction") for r in side} for side in rows]
+    preds = [_predictions(exp) for exp in runs]
     same = sum(preds[0][k] == preds[1].get(k) for k in preds[0])
     return {
         "task": runs[0].task_name,
