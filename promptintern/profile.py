@@ -148,6 +148,16 @@ class GenerationSpec(_Strict):
     #: decoding loop (gist, prefix-cached) are always served by hf; scores.json records the backend used.
     backend: Backend = "hf"
     openai: OpenAISpec = OpenAISpec()
+    #: llama.cpp contexts generating in parallel, one thread each (None: one per core). Every prompt is still
+    #: generated alone on one context, so the outputs do not depend on it (not part of a run's key); two
+    #: one-thread contexts decode 1.85x as many tokens per second as one two-thread context on 2 cores.
+    llamacpp_workers: int | None = Field(None, ge=1)
+    #: llama.cpp keeps the key/values of the prefix a prompt shares with the previous prompt of its context (the
+    #: template), so the harness computes a shared template once per context instead of once per instance. The
+    #: greedy answers are the same; ``latency_s`` and ``cached_tokens`` in predictions.jsonl then reflect the
+    #: reuse, while Table 8 is measured separately through a server that recomputes every prompt (the
+    #: prefix-cached row excepted). Part of a run's key when on.
+    llamacpp_reuse_prefix: bool = False
 
 
 class GenerationOverrides(_Strict):

@@ -38,8 +38,9 @@ def test_auto_measures_both_backends_and_records_the_choice():
     assert exp.backend == "auto"
     result = exp.evaluate(progress=False)
     choice = json.loads((exp.directory / "backend.json").read_text())
-    assert set(choice["seconds_per_instance"]) == {"hf", "llamacpp"}
-    assert choice["chosen"] == min(choice["seconds_per_instance"], key=choice["seconds_per_instance"].get)
+    timed, stopped = choice["seconds_per_instance"], choice["stopped_after_seconds_per_instance"]
+    assert set(timed) | set(stopped) == {"hf", "llamacpp"} and "llamacpp" in timed
+    assert choice["chosen"] == min(timed, key=timed.get)
     assert result["backend"] == choice["chosen"] and result["n"] == 3
     again = Experiment("nl2bash", "zero-shot", smoke, backend_override="auto", limit=3)
     assert again.evaluate(progress=False)["backend"] == choice["chosen"]
@@ -90,3 +91,81 @@ def test_agreement_report_pairs_the_two_runs(tiny_model_dir, tmp_path):
     assert report["identical_predictions"] == 3
     js, md = write_report([report], tmp_path / "agreement")
     assert json.loads(js.read_text())[0]["task"] == "nl2bash" and "| nl2bash | zero-shot | 3 | bleu |" in md.read_text()
+
+
+class _RaceExperiment:
+    """What choose_backend uses of an Experiment: llama.cpp answers at once, hf takes ``hf_s`` per prompt and
+    checks the generation deadline as HF's stopping criteria do."""
+
+    task_name = "nl2bash"
+
+    def __init__(self, hf_s: float):
+        from types import SimpleNamespace
+
+        self.hf_s, self.chosen_backend, self.written, self.closed = hf_s, None, {}, []
+        self.profile = SimpleNamespace(generation_for=lambda task: SimpleNamespace(batch_size=2))
+
+    def _load_for_generation(self, progress):
+        return SimpleModel(self.chosen_backend, self.closed), None
+
+    def _generations(self, model, tok, prompts, all_prompts):
+        import time
+
+        from promptintern.serving.generate import check_deadline
+
+        for p in prompts:
+            if model.backend == "llamacpp":
+                time.sleep(0.05)
+            else:
+                for _ in range(int(self.hf_s / 0.01)):
+                    time.sleep(0.01)
+                    check_deadline()
+            yield f"{model.backend}:{p}"
+
+    def _write_json(self, name, data):
+        self.written[name] = data
+
+
+class SimpleModel:
+    def __init__(self, backend, closed):
+        self.backend, self.closed_list = backend, closed
+
+    def close(self):
+        self.closed_list.append(self.backend)
+
+
+@pytest.mark.parametrize(("hf_s", "winner"), [(0.6, "llamacpp"), (0.0, "hf")])
+def test_auto_races_hf_against_llamacpps_time_and_keeps_the_winners_probe(monkeypatch, hf_s, winner):
+    import promptintern.harness.backend_choice as choice
+
+    monkeypatch.setattr(choice, "auto_candidates", lambda exp: ("hf", "llamacpp"))
+    exp = _RaceExperiment(hf_s)
+    model, _, stream = choice.choose_backend(exp, ["a", "b", "c"], ["a", "b", "c"], progress=False)
+    assert exp.chosen_backend == winner == model.backend
+    assert list(stream) == [f"{winner}:{p}" for p in "abc"]
+    record = exp.written["backend.json"]
+    assert record["chosen"] == winner and record["probe_instances"] == 2
+    if winner == "llamacpp":  # hf was stopped after llama.cpp's time, well before its own 1.2 s
+        assert record["seconds_per_instance"].keys() == {"llamacpp"}
+        assert record["stopped_after_seconds_per_instance"]["hf"] == record["seconds_per_instance"]["llamacpp"]
+        assert exp.closed == ["hf"]
+    else:
+        assert record["seconds_per_instance"].keys() == {"hf", "llamacpp"} and exp.closed == ["llamacpp"]
+
+
+def test_llamacpp_prefix_reuse_and_workers_enter_the_key_only_where_they_can_matter():
+    smoke = load_profile("smoke")
+    data = smoke.model_dump()
+    data["generation"] |= {"llamacpp_reuse_prefix": True, "llamacpp_workers": 3}
+    reusing = type(smoke).model_validate(data)
+    for backend, differs in (("llamacpp", True), ("auto", True), ("hf", False)):
+        a = Experiment("nl2bash", "ft-none", smoke, backend_override=backend)
+        b = Experiment("nl2bash", "ft-none", reusing, backend_override=backend)
+        assert (a.key != b.key) is differs and b.reuses_prefix and not a.reuses_prefix
+    # the worker count never changes an answer, so it is not part of any key
+    data["generation"]["llamacpp_reuse_prefix"] = False
+    workers_only = type(smoke).model_validate(data)
+    assert Experiment("nl2bash", "ft-none", workers_only, backend_override="llamacpp").key == (
+        Experiment("nl2bash", "ft-none", smoke, backend_override="llamacpp").key
+    )
+    assert Experiment("nl2bash", "prefix-cached", smoke).reuses_prefix

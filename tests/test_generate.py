@@ -51,3 +51,15 @@ def test_stop_strings_match_the_completion_only():
 
     assert not stops("[NL]") and not stops("[NL] ls [/NL]")
     assert stops("ls\n[NL]") and stop_criteria(tok, 3, []) is None
+
+
+def test_a_deadline_stops_generation_and_none_leaves_it_alone(tiny):
+    from promptintern.serving.generate import DeadlineExceeded, deadline
+
+    model, tok = tiny
+    with deadline(0.0), pytest.raises(DeadlineExceeded):
+        list(generate(model, tok, ["hello", "there"], max_new_tokens=4))
+    with deadline(None):
+        free = [g.text for g in generate(model, tok, ["hello"], max_new_tokens=4)]
+    with deadline(3600.0):
+        assert [g.text for g in generate(model, tok, ["hello"], max_new_tokens=4)] == free

@@ -324,6 +324,12 @@ def test_train_gist_layout_loss_and_reload(trained, tiny_model_dir):
     with torch.no_grad():
         assert (model(input_ids=ids).logits - fresh(input_ids=ids).logits).abs().max() > 1e-3
 
+    # merged (the default, faster decoding) and unmerged serve the same model
+    unmerged, _ = load_gist_model(str(tiny_model_dir), final, merge=False)
+    assert hasattr(unmerged, "peft_config") and not hasattr(model, "peft_config")
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, unmerged(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+
 
 def test_train_gist_skips_done_stages_resumes_and_refuses_other_settings(trained, tmp_path):
     stages, config, final = trained

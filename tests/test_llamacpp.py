@@ -135,3 +135,26 @@ def test_an_experiment_runs_on_the_llamacpp_backend():
     assert Experiment("nl2bash", "gist", smoke, backend_override="llamacpp").backend == "hf"
     with pytest.raises(ValueError, match="unknown backend"):
         Experiment("nl2bash", "zero-shot", smoke, backend_override="vllm")
+
+
+@pytest.mark.integration
+def test_parallel_contexts_give_the_single_contexts_answers_in_prompt_order():
+    pytest.importorskip("llama_cpp")
+    from promptintern.serving.llamacpp import LlamaCppGenerator, gguf_for
+    from promptintern.serving.models import load_tokenizer
+
+    tok = load_tokenizer("embedded")
+    questions = ["list all files", "count lines in a.txt", "show disk usage", "print the date", "find *.py files"]
+    ids = [
+        tok(tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False)["input_ids"]
+        for q in questions
+    ]  # fmt: skip
+    one = list(LlamaCppGenerator(gguf_for("embedded"), n_ctx=512).generate(ids, max_new_tokens=12))
+    two = LlamaCppGenerator(gguf_for("embedded"), n_ctx=512, workers=2)
+    assert len(two.contexts) == 2
+    par = list(two.generate(ids, max_new_tokens=12))
+    assert [g.text for g in par] == [g.text for g in one]
+    assert [g.input_tokens for g in par] == [len(i) for i in ids]
+    with pytest.raises(ValueError, match="workers"):
+        LlamaCppGenerator(gguf_for("embedded"), workers=0)

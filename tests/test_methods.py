@@ -22,7 +22,7 @@ def test_builtins_are_registered_in_table_order():
     assert METHODS[-1] == "gist" and set(METHODS) == set(method_names())
     assert all(isinstance(get_method(m), Method) and get_method(m).name == m for m in METHODS)
     assert not get_method("zero-shot").trains and get_method("ft-full").trains
-    assert get_method("longllmlingua").question_aware and not get_method("gist").mergeable
+    assert get_method("longllmlingua").question_aware and get_method("gist").mergeable
     with pytest.raises(ValueError, match="unknown method 'magic'"):
         get_method("magic")
 

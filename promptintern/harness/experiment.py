@@ -232,6 +232,12 @@ class Experiment:
         )
 
     @property
+    def reuses_prefix(self) -> bool:
+        """Whether llama.cpp generation keeps a shared prompt prefix's key/values across instances (the
+        prefix-cached method always does; other methods when ``generation.llamacpp_reuse_prefix`` is on)."""
+        return self.spec.prefix_cached or self.profile.generation_for(self.task_name).llamacpp_reuse_prefix
+
+    @property
     def requested_backend(self) -> str:
         """The backend asked for, if the method supports it, else ``hf`` (gist and prefix-cached decode with
         their own HF loops); ``auto`` needs both hf and llamacpp, and a GGUF for the model."""
@@ -249,8 +255,10 @@ class Experiment:
 
     def _generation_settings(self) -> dict[str, Any]:
         gen = self.profile.generation_for(self.task_name).model_dump(
-            exclude={"merge_adapter", "backend", "openai"}
+            exclude={"merge_adapter", "backend", "openai", "llamacpp_workers", "llamacpp_reuse_prefix"}
         )
+        if self.requested_backend in ("llamacpp", "auto") and self.reuses_prefix:
+            gen["llamacpp_reuse_prefix"] = True
         if self.requested_backend != "hf":  # keys of hf runs stay as they were
             gen["backend"] = self.requested_backend
         if self.requested_backend == "openai":

@@ -37,7 +37,7 @@ def _config(name: str, exp, n: int):
     from promptintern.serving.llamacpp import LlamaCppUnavailable, adapter_gguf, gguf_for
     from promptintern.serving.models import load_tokenizer
 
-    prefix_reuse = getattr(exp.spec, "prefix_cached", False)
+    prefix_reuse = exp.spec.prefix_cached
     if "llamacpp" not in exp.spec.backends and not prefix_reuse:
         return f"{exp.method} decodes with its own loop (HF); an OpenAI-compatible server cannot serve it"
     try:

@@ -42,10 +42,12 @@ class Method:
     description: str = ""
     #: Whether the method fine-tunes an adapter (untrained rows: False).
     trains: bool = True
-    #: Whether a trained adapter may be folded into the base weights for decoding (Gist keeps its own loader).
+    #: Whether a trained adapter may be folded into the base weights for decoding.
     mergeable: bool = True
     #: Whether the template is compressed per instance with its query as the question (LongLLMLingua).
     question_aware: bool = False
+    #: Whether the method is served with a shared prompt prefix's key/values reused across requests.
+    prefix_cached: bool = False
     #: Generation backends that can serve the method (``generation.backend`` in a profile). Methods with their
     #: own decoding loop (gist tokens, a shared prefix cache) are served by HF only.
     backends: tuple[str, ...] = ("hf", "llamacpp", "openai")
@@ -103,7 +105,7 @@ class Method:
         rendered = [p.render(tok) for p in prompts]
         if exp.backend == "llamacpp":  # the same token ids as HF would see
             ids = [tok(text, add_special_tokens=False)["input_ids"] for text in rendered]
-            return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop)
+            return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop, reuse_prefix=exp.reuses_prefix)
         if exp.backend == "openai":
             from promptintern.serving.openai_backend import ServedPrompt
 
@@ -129,13 +131,15 @@ def _served(exp: Experiment, adapter: Path | None):
     from promptintern.serving.openai_backend import OpenAIGenerator
     from promptintern.serving.server import LocalOpenAIServer
 
-    spec = exp.profile.generation_for(exp.task_name).openai
+    generation = exp.profile.generation_for(exp.task_name)
+    spec = generation.openai
     if exp.backend == "openai" and spec.base_url is not None:
         model = spec.model or exp.model
         return OpenAIGenerator(spec.base_url, model, os.environ.get(spec.api_key_env), mode=spec.mode)
     lora = adapter_gguf(adapter, exp.model) if adapter is not None else None
     if exp.backend == "llamacpp":
-        return LlamaCppGenerator(gguf_for(exp.model), lora, n_ctx=exp.context_length)
+        workers = generation.llamacpp_workers or os.cpu_count() or 1
+        return LlamaCppGenerator(gguf_for(exp.model), lora, n_ctx=exp.context_length, workers=workers)
     server = LocalOpenAIServer(
         gguf_for(exp.model), lora=lora, n_ctx=exp.context_length, prefix_reuse=False
     ).start()
@@ -235,9 +239,9 @@ class Compression(Method):
 
 class Gist(Method):
     """Gist tokens (Mu et al. 2023, :mod:`promptintern.baselines.gist`): template + examples compressed into
-    ``num_gist`` trained tokens; served from the cached gist key/values, never merged."""
+    ``num_gist`` trained tokens; served from the cached gist key/values on HF by its own loader, which folds
+    the LoRA weights in as the other methods do (``generation.merge_adapter``)."""
 
-    mergeable = False
     backends = ("hf",)
 
     def __init__(self, name: str = "gist", description: str = "gist tokens (Mu et al. 2023)"):
@@ -263,7 +267,7 @@ class Gist(Method):
     def load(self, exp: Experiment, adapter: Path | None):
         from promptintern.baselines.gist import load_gist_model
 
-        return load_gist_model(exp.model, adapter)
+        return load_gist_model(exp.model, adapter, merge=exp.merges_adapter)
 
     def generate(self, exp: Experiment, model, tok, prompts, all_prompts, max_new_tokens: int, stop=()) -> Iterator:
         from promptintern.baselines.gist import generate_gist

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -13,6 +15,31 @@ class Generation:
     input_tokens: int
     output_tokens: int
     latency_s: float
+
+
+class DeadlineExceeded(RuntimeError):
+    """Generation ran past the :func:`deadline` its caller set."""
+
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("generation_deadline", default=None)
+
+
+@contextmanager
+def deadline(seconds: float | None):
+    """Within the block, :func:`generate` raises :class:`DeadlineExceeded` at the first decoding step after
+    ``seconds`` have passed (None: no limit). Used to stop a backend probe that has already lost the race."""
+    token = _DEADLINE.set(None if seconds is None else time.perf_counter() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def check_deadline() -> None:
+    """Raise :class:`DeadlineExceeded` when the current :func:`deadline` has passed."""
+    limit = _DEADLINE.get()
+    if limit is not None and time.perf_counter() > limit:
+        raise DeadlineExceeded("generation ran past its deadline")
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -25,8 +52,10 @@ def stop_criteria(tokenizer, prompt_width: int, stop: Sequence[str]):
     """A ``StoppingCriteriaList`` that ends a sequence once its GENERATED text holds a stop string (None when
     there are none). HF's own ``stop_strings`` also match across the prompt's end, so a stop string with a
     leading newline would fire on the first generated token after ``assistant\n``; an API's ``stop`` (and
-    lm-eval's ``until``) only ever look at the completion, and so does this."""
-    if not stop:
+    lm-eval's ``until``) only ever look at the completion, and so does this. Inside a :func:`deadline` it
+    also checks the deadline at every step."""
+    timed = _DEADLINE.get() is not None
+    if not stop and not timed:
         return None
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -34,6 +63,9 @@ def stop_criteria(tokenizer, prompt_width: int, stop: Sequence[str]):
         def __call__(self, input_ids, scores, **kwargs):
             import torch
 
+            check_deadline()
+            if not stop:
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             texts = tokenizer.batch_decode(input_ids[:, prompt_width:], skip_special_tokens=True)
             return torch.tensor([any(s in t for s in stop) for t in texts], device=input_ids.device)
 
@@ -58,6 +90,7 @@ def generate(
 
     device = next(model.parameters()).device
     for start in range(0, len(prompts), batch_size):
+        check_deadline()
         batch = list(prompts[start : start + batch_size])
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         t0 = time.perf_counter()
