@@ -15,7 +15,7 @@ template and few-shot examples, the question header), not an Alpaca instruction;
 their original positions (as if the prefix were still there), both in training (the masked full sequence) and
 when decoding from the gist cache, so the two are the same computation; (4) LLaMA-family decoder-only models
 with ``eager`` or ``sdpa`` attention (a 4-D mask reaches both unchanged in transformers 5: ``create_causal_mask``
-returns 4-D masks as-is), greedy decoding with batch 1.
+returns 4-D masks as-is), greedy decoding (several prompts at once with ``batch_size``, queries left-padded).
 
 Serving cost: ``input_tokens`` = ``num_gist`` + query tokens (the gist KV of a template is computed once and
 cached, the paper's accounting); ``prefix_tokens`` is the compressed part. With ``cache_gists=True`` (default)
@@ -372,6 +372,45 @@ def _decode(model, tokenizer, kv, start: int, suffix_ids, max_new_tokens: int, e
     return new
 
 
+def _decode_batch(model, tokenizer, kvs, starts, suffixes, max_new_tokens: int, eos, stop) -> list[list[int]]:
+    """:func:`_decode` for several prompts at once: each row attends to its own gist KV (``kvs[i]``, ``num_gist``
+    tokens at their original positions) and its query, left-padded; positions continue from ``starts[i]``. A row
+    stops at its end-of-sequence token or stop string; the batch ends when every row has."""
+    import torch
+    from transformers import DynamicCache
+
+    device = kvs[0][0][0].device
+    batch, width = len(suffixes), max(len(s) for s in suffixes)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    layers = [
+        (torch.cat([kv[i][0] for kv in kvs]), torch.cat([kv[i][1] for kv in kvs])) for i in range(len(kvs[0]))
+    ]
+    cache = DynamicCache(ddp_cache_data=layers)
+    ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in suffixes], device=device)
+    query_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
+    gists = layers[0][0].shape[2]
+    mask = torch.cat([torch.ones(batch, gists, dtype=query_mask.dtype, device=device), query_mask], dim=1)
+    first = torch.tensor(starts, device=device)[:, None]
+    pos = (first + (query_mask.cumsum(1) - 1).clamp(min=0)).long()
+    new: list[list[int]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits
+        tokens = logits[:, -1].argmax(-1).tolist()
+        for row, token in enumerate(tokens):
+            if done[row]:
+                continue
+            new[row].append(token)
+            text = tokenizer.decode(new[row], skip_special_tokens=True) if stop else ""
+            done[row] = token in eos or any(s and s in text for s in stop)
+        if all(done):
+            break
+        ids = torch.tensor([[t] for t in tokens], device=device)
+        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
+        pos = pos[:, -1:] + 1
+    return new
+
+
 def generate_gist(
     model,
     tokenizer,
@@ -381,12 +420,16 @@ def generate_gist(
     max_new_tokens: int,
     stop: Sequence[str] = (),
     cache_gists: bool = True,
+    batch_size: int = 1,
 ) -> Iterator[GistGeneration]:
     """Yield one greedy :class:`GistGeneration` per prompt, decoding from the gists' key/values only.
 
     For each prompt the prefix + gists runs once (plain causal), only the gists' key/values are kept (original
     positions), then the query and the answer are decoded attending to them alone. ``cache_gists``: reuse the
     gist KV of an identical prefix text within this call, not charging its time to ``latency_s``.
+    ``batch_size`` > 1 decodes that many prompts together (each with its own gist KV, queries left-padded);
+    ``latency_s`` is then the batch's decoding time divided by its size, plus the prompt's own gist time when
+    it is charged.
     """
     import torch
 
@@ -394,31 +437,42 @@ def generate_gist(
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
     store: dict[str, list[tuple]] = {}
-    for prompt in prompts:
-        prefix, suffix = gist_prompt(prompt, tokenizer, num_gist)
-        prefix_ids, suffix_ids = split_ids(tokenizer, prefix, suffix, num_gist)
-        reused = cache_gists and prefix in store
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            kv = store[prefix] if reused else _gist_kv(model, prefix_ids, num_gist, device)
-            gist_s = 0.0 if reused else time.perf_counter() - t0
+    prompts = list(prompts)
+    for first in range(0, len(prompts), max(1, batch_size)):
+        rows = []
+        for prompt in prompts[first : first + max(1, batch_size)]:
+            prefix, suffix = gist_prompt(prompt, tokenizer, num_gist)
+            prefix_ids, suffix_ids = split_ids(tokenizer, prefix, suffix, num_gist)
+            reused = cache_gists and prefix in store
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                kv = store[prefix] if reused else _gist_kv(model, prefix_ids, num_gist, device)
+                gist_s = 0.0 if reused else time.perf_counter() - t0
             if cache_gists:
                 store[prefix] = kv
+            rows.append((kv, len(prefix_ids), suffix_ids, gist_s, reused))
+        with torch.no_grad():
             t1 = time.perf_counter()
-            new = _decode(model, tokenizer, kv, len(prefix_ids), suffix_ids, max_new_tokens, eos, stop)
-            latency = time.perf_counter() - t1 + (0.0 if cache_gists else gist_s)
-        text = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)
-        yield GistGeneration(
-            text,
-            num_gist + len(suffix_ids),
-            len(new),
-            latency,
-            prefix_tokens=len(prefix_ids) - num_gist,
-            num_gist=num_gist,
-            gist_s=gist_s,
-            gist_reused=reused,
-            output_ids=new,
-        )
+            if len(rows) == 1:
+                kv, start, suffix_ids = rows[0][:3]
+                outputs = [_decode(model, tokenizer, kv, start, suffix_ids, max_new_tokens, eos, stop)]
+            else:
+                outputs = _decode_batch(model, tokenizer, [r[0] for r in rows], [r[1] for r in rows],
+                                        [r[2] for r in rows], max_new_tokens, eos, stop)  # fmt: skip
+            decoding = (time.perf_counter() - t1) / len(rows)
+        for (_, start, suffix_ids, gist_s, reused), new in zip(rows, outputs, strict=True):
+            text = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)
+            yield GistGeneration(
+                text,
+                num_gist + len(suffix_ids),
+                len(new),
+                decoding + (0.0 if cache_gists else gist_s),
+                prefix_tokens=start - num_gist,
+                num_gist=num_gist,
+                gist_s=gist_s,
+                gist_reused=reused,
+                output_ids=new,
+            )
 
 
 __all__ = [

@@ -273,7 +273,9 @@ class Gist(Method):
         from promptintern.baselines.gist import generate_gist
 
         num_gist = exp.profile.baselines.gist.num_gist
-        return generate_gist(model, tok, prompts, num_gist=num_gist, max_new_tokens=max_new_tokens, stop=stop)
+        batch = exp.profile.generation_for(exp.task_name).batch_size
+        return generate_gist(model, tok, prompts, num_gist=num_gist, max_new_tokens=max_new_tokens, stop=stop,
+                             batch_size=batch)  # fmt: skip
 
     def billed_prompt_tokens(self, exp: Experiment, prompt: Prompt, counter) -> int:
         """Only the gist tokens and the query are sent; template and examples live in the gists."""

@@ -28,6 +28,9 @@ from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
+#: Output cap of a warm-up request: it processes a whole prompt and decodes a few tokens, enough to warm both.
+WARMUP_TOKENS = 8
+
 from promptintern.serving.server import LocalOpenAIServer
 
 
@@ -162,8 +165,9 @@ def measure_latency(
 ) -> dict[str, list[RequestTiming]]:
     """Per configuration name, the timings of its requests in instance order (see the module docstring).
 
-    ``warmup`` requests per server repeat its last prompt(s), so a prefix-reusing server starts measuring with
-    a template prefix cached but never with the first measured prompt itself (unless there is only one).
+    ``warmup`` requests per server repeat its last prompt(s) with at most :data:`WARMUP_TOKENS` output tokens, so a
+    prefix-reusing server starts measuring with a template prefix cached but never with the first measured prompt
+    itself (unless there is only one).
     ``n_threads`` and ``n_ctx`` go to every server; ``progress`` prints one line per instance to stderr.
     """
     if not configs:
@@ -194,8 +198,8 @@ def measure_latency(
         ]
         for server, config in zip(servers, configs, strict=True):
             for k in range(warmup):
-                prompt = config.prompts[-1 - k % n]
-                stream_completion(server, prompt, max_tokens=max_tokens, stop=stop)
+                prompt = config.prompts[-1 - k % n]  # the whole prompt, a few output tokens
+                stream_completion(server, prompt, max_tokens=min(max_tokens, WARMUP_TOKENS), stop=stop)
         timings: dict[str, list[RequestTiming]] = {c.name: [] for c in configs}
         for sequence, (i, c) in enumerate(request_order(len(configs), n)):
             config = configs[c]
