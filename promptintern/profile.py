@@ -60,6 +60,16 @@ class GistSpec(_Strict):
     shots: int | None = Field(None, ge=0)
 
 
+class DistillSpec(_Strict):
+    """Context distillation (Snell et al. 2022) from the ``ft-full`` teacher: the teacher's ``top_k`` most likely
+    tokens are kept at every answer position, both distributions are softened by ``temperature``, and the
+    student's loss is the KL to the teacher plus ``ce_weight`` x the cross-entropy of the gold answer."""
+
+    top_k: int = Field(16, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    ce_weight: float = Field(0.5, ge=0.0)
+
+
 class BaselineSpec(_Strict):
     """Settings of the paper's baselines.
 
@@ -72,6 +82,7 @@ class BaselineSpec(_Strict):
     shots: int = Field(0, ge=0)
     compressors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     gist: GistSpec = GistSpec()
+    distill: DistillSpec = DistillSpec()
 
 
 @dataclass

@@ -101,6 +101,28 @@ class Metric:
     def signature(self, rows: Sequence[Mapping[str, Any]]) -> str:
         return f"{self.name}|v{self.version}|n:{len(rows)}"
 
+    def statistic(self, rows: Sequence[Mapping[str, Any]]) -> Callable[[Any], float]:
+        """``f(indices)``: the primary value of ``rows`` restricted to those indices (numpy int array), fast
+        enough for thousands of bootstrap resamples."""
+        import numpy as np
+
+        values = np.asarray([100.0 * float(r[self.field]) for r in rows], dtype=float)
+        return lambda idx: float(values[idx].mean()) if len(idx) else 0.0
+
+    def seeded_interval(
+        self, runs_a: Sequence[Sequence[Mapping[str, Any]]], runs_b: Sequence[Sequence[Mapping[str, Any]]] = (),
+        **kwargs: Any,
+    ) -> tuple[float, float]:  # fmt: skip
+        """95 % interval of the seed-averaged primary value of ``runs_a`` (one row list per training seed),
+        or of its difference from ``runs_b``'s on the same instances: seeds and instances resampled
+        (:func:`promptintern.evaluation.stats.seeded_ci`). Rows are matched by ``id`` to ``runs_a[0]``."""
+        from promptintern.evaluation.stats import seeded_ci
+
+        first = runs_a[0]
+        a = [self.statistic(_aligned(first, run)[1]) for run in runs_a]
+        b = [self.statistic(_aligned(first, run)[1]) for run in runs_b]
+        return seeded_ci(a, b, n=len(first), **kwargs)
+
     def paired_interval(
         self, rows_a: Sequence[Mapping[str, Any]], rows_b: Sequence[Mapping[str, Any]], **kwargs: Any
     ) -> tuple[float, float]:
@@ -225,6 +247,17 @@ class _Corpus(Metric):
         corpus, signature = self._corpus(rows)
         return {self.primary: corpus, f"{self.field}_mean": mean, "n": float(n)}, signature
 
+    def statistic(self, rows) -> Callable[[Any], float]:
+        """The corpus score of the rows at ``indices`` from their summed sentence statistics."""
+        import numpy as np
+
+        scorer = self.scorer()
+        stats = np.asarray(
+            scorer._extract_corpus_statistics([r["prediction"] for r in rows], [[r["reference"] for r in rows]]),
+            dtype=np.int64,
+        )
+        return lambda idx: float(scorer._compute_score_from_stats(stats[idx].sum(axis=0)).score)
+
     def interval(self, rows, **kwargs: Any) -> tuple[float, float]:
         from promptintern.evaluation.stats import corpus_ci
 
@@ -322,6 +355,12 @@ class PythonTests(Metric):
             }
             for o in outcomes
         ]  # fmt: skip
+
+    def statistic(self, rows) -> Callable[[Any], float]:
+        import numpy as np
+
+        values = np.asarray([100.0 * bool(r["passed"]) for r in rows], dtype=float)
+        return lambda idx: float(values[idx].mean()) if len(idx) else 0.0
 
     def aggregate(self, rows) -> dict[str, float]:
         passed = sum(bool(r["passed"]) for r in rows)

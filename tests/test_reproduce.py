@@ -141,8 +141,8 @@ def test_failing_rows_are_recorded_and_others_render(tmp_path, tiny_model_dir, m
     assert rows["llmlingua2"].status == "not run" and "LLMLingua-2" in rows["llmlingua2"].reason
     assert rows["broken"].status == "failed" and "method.bogus" in rows["broken"].reason
     md = (out / "table9.md").read_text()
-    assert "| No template | failed: RuntimeError: boom | — | — |" in md
-    assert "| LLMLingua-2 | not run: " in md and f"| Query only | {rows['zero-shot'].value:.1f} [" in md
+    assert "| No template | —¹ | — | — |" in md and "¹ failed: RuntimeError: boom" in md
+    assert "| LLMLingua-2 | —² |" in md and "² not run: " in md and f"| Query only | {rows['zero-shot'].value:.1f} [" in md
     csv_lines = (out / "table9.csv").read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[2].endswith(",failed" + "," * 25 + "RuntimeError: boom")
 
@@ -219,3 +219,57 @@ def test_cli_writes_tables_and_prints_summary(tmp_path, tiny_model_dir):
     assert "Command: `promptintern reproduce --profile smoke --tables" in (out / "table9.md").read_text()
     with ResultsStore() as store:  # the default store under the (test) PROMPTINTERN_HOME
         assert [r.method for r in store.rows("9", "smoke")] == ["zero-shot"]
+
+
+def test_seeded_rows_claims_export_and_rebuild_from_results(tmp_path, tiny_model_dir, monkeypatch):
+    """Seeded rows train once per seed; the run exports its records, a later sitting with an empty home keeps
+    them instead of training again, and --from-results rebuilds tables and claims from the folder alone."""
+    from promptintern.harness.reproduce import rebuild
+
+    specs = _spec(tmp_path / "specs", 9, "{label: Query only, method: zero-shot}", "{label: FT none, method: ft-none}")
+    sizing = tmp_path / "sizing.yaml"
+    sizing.write_text("profiles:\n  smoke:\n    seeds: [0, 1]\n    seeded: [ft-none]\n")
+    out, model = tmp_path / "out", str(tiny_model_dir)
+    kw = dict(model=model, out=out, spec_dir=specs, sizing=sizing, progress=False)
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        summary = reproduce("smoke", "9", store=store, **kw)
+        rows = store.rows("9")
+    assert summary["rows"] == {"ok": 3, "not run": 0, "failed": 0}
+    seeds = sorted((r.method, r.seed) for r in rows)
+    assert seeds == [("ft-none", 0), ("ft-none", 1), ("zero-shot", 0)]
+    ft = [r for r in rows if r.method == "ft-none"]
+    assert ft[0].directory != ft[1].directory and ft[0].settings_key != ft[1].settings_key
+    claims = json.loads((out / "claims.json").read_text())
+    assert {c["id"] for c in claims} >= {"a", "b", "c", "h1"} and all(c["verdict"] == "not run" for c in claims)
+    assert "promptintern has no row for nl2f" in (out / "claims.md").read_text()
+    exported = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert len(exported) == 3 and all(not e["directory"].startswith("/") for e in exported)
+    for e in exported:
+        assert (out / e["directory"] / "predictions.jsonl").is_file()
+        assert not (out / e["directory"] / "adapter").exists()
+
+    # another sitting: an empty home, the exported results beside it -> kept, nothing trains
+    monkeypatch.setenv("PROMPTINTERN_HOME", str(tmp_path / "home2"))
+
+    def no_training(*a, **k):
+        raise AssertionError("training ran again")
+
+    monkeypatch.setattr("promptintern.training.trainer.train_progressive", no_training)
+    with ResultsStore(tmp_path / "r2.sqlite") as store:
+        again = reproduce("smoke", "9", store=store, **kw)
+        kept = {(r.method, r.seed): r.value for r in store.rows("9")}
+    assert again["rows"] == summary["rows"] and all(e.get("archived") for e in again["experiments"])
+    assert kept == {(r.method, r.seed): r.value for r in rows}
+
+    # --from-results: store, tables and claims from the folder alone
+    with ResultsStore(tmp_path / "r3.sqlite") as store:
+        rebuilt = rebuild(out, specs=load_specs_from(specs), out=tmp_path / "rebuilt", store=store)
+        assert {(r.method, r.seed): r.value for r in store.rows("9")} == kept
+    assert rebuilt["rows"] == summary["rows"]
+    assert (tmp_path / "rebuilt" / "table9.md").is_file() and (tmp_path / "rebuilt" / "claims.json").is_file()
+
+
+def load_specs_from(directory):
+    from promptintern.harness.tables import load_specs
+
+    return load_specs("9", directory)

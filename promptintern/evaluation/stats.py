@@ -1,4 +1,4 @@
-"""Percentile bootstrap confidence intervals over test instances."""
+"""Percentile bootstrap confidence intervals over test instances (and over training seeds)."""
 
 from __future__ import annotations
 
@@ -67,3 +67,34 @@ def corpus_bleu_ci(predictions: Sequence[str], references: Sequence[str], **kwar
     from sacrebleu.metrics import BLEU
 
     return corpus_ci(BLEU(), predictions, references, **kwargs)
+
+
+def seeded_ci(
+    runs_a: Sequence[Callable[[np.ndarray], float]],
+    runs_b: Sequence[Callable[[np.ndarray], float]] = (),
+    *,
+    n: int,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Two-stage bootstrap interval of ``mean_s a_s(I) - mean_s b_s(I)`` (of ``mean_s a_s(I)`` when ``runs_b``
+    is empty): each ``a_s`` / ``b_s`` scores one training seed's run on instance indices ``I``.
+
+    Every resample draws the seeds of each side with replacement (the seeds of ``a`` and ``b`` are independent
+    training runs) and one set of ``n`` instance indices shared by every run (a paired comparison on the same
+    test instances), so the interval covers the variation between training seeds as well as between test
+    instances. With one seed per side it is the paired instance bootstrap.
+    """
+    if n == 0 or not runs_a:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    values = np.empty(resamples)
+    for r in range(resamples):
+        seeds_a = rng.integers(0, len(runs_a), len(runs_a))
+        seeds_b = rng.integers(0, len(runs_b), len(runs_b)) if runs_b else ()
+        idx = rng.integers(0, n, n)
+        a = float(np.mean([runs_a[s](idx) for s in seeds_a]))
+        values[r] = a - (float(np.mean([runs_b[s](idx) for s in seeds_b])) if runs_b else 0.0)
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))

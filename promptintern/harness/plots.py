@@ -3,9 +3,18 @@
 * ``pareto-<task>.png``: metric vs mean input tokens (log scale) of every configuration with a result, the
   Pareto front (no other configuration is both cheaper and better) drawn as a step line. The paper shows
   these trade-offs as tables only; the figure is this suite's addition.
+* ``accuracy-<task>.png``: the task's primary metric vs mean input tokens (log scale), one point per
+  configuration (method, variant) of the accuracy tables (every table but the latency one), with its 95 %
+  interval as a vertical bar; points are numbered, the numbers keyed to the rows' labels beside the axes.
+* ``latency-<task>.png``: Table 8's latency through the server (``latency_source`` ``server``) vs mean input
+  tokens (log scale), one point per row: the whole request (circle, numbered as above) and the time to the
+  first token (triangle).
 * ``schedules.png``: τ (template rate) and k (number of examples, floored) per stage for each schedule
   pattern of paper Table 6, with the profile's number of stages and rate; the continuous curve is drawn
   behind the stage values.
+
+Rows of one configuration over several training seeds are first combined into one
+(:func:`promptintern.harness.seeds.combine`: the seed mean, its interval over seeds and instances).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
+from promptintern.harness.seeds import combine
 from promptintern.harness.store import RunRow
 from promptintern.methods.schedule import Schedule, example_counts
 from promptintern.profile import Profile
@@ -93,6 +103,136 @@ def pareto_plot(rows: Sequence[RunRow], task: str, path: str | Path) -> Path | N
         plt.close(fig)
 
 
+def combine_seeds(rows: Sequence[RunRow]) -> list[RunRow]:
+    """One row per (table, method, variant, task): the rows of its seeds combined, in first-seen order."""
+    groups: dict[tuple[str, str, str, str], list[RunRow]] = {}
+    for r in rows:
+        groups.setdefault((r.table_id, r.method, r.variant, r.task), []).append(r)
+    out = []
+    for group in groups.values():
+        try:
+            out.append(combine(group))
+        except ValueError:  # seeds scored on different test instances: the lowest seed's row
+            out.append(min(group, key=lambda r: (r.status != "ok", r.seed)))
+    return out
+
+
+def _table_order(table_id: str) -> tuple[int, str]:
+    return (len(table_id), table_id)
+
+
+def _name(row: RunRow) -> str:
+    return row.label or (row.method + (f"/{row.variant}" if row.variant else ""))
+
+
+def _per_config(rows: Sequence[RunRow], task: str, usable) -> list[RunRow]:
+    """``task``'s usable ok rows, one per (method, variant) (the lowest-numbered table's)."""
+    found: dict[tuple[str, str], RunRow] = {}
+    for r in sorted(rows, key=lambda r: _table_order(r.table_id)):
+        if r.task == task and r.status == "ok" and r.input_tokens_mean and usable(r):
+            found.setdefault((r.method, r.variant), r)
+    return list(found.values())
+
+
+def _label_points(ax, points: Sequence[tuple[float, float, str]]) -> None:
+    """Number the points (by tokens, then value) and list ``number  name`` beside the axes; points that
+    (nearly) coincide share one label (``1, 2``)."""
+    import math
+
+    ys = [y for _, y, _ in points]
+    span = (max(ys) - min(ys)) or 1.0
+    near: dict[tuple[float, float], list[tuple[float, float, int]]] = {}
+    key = []
+    for i, (x, y, name) in enumerate(sorted(points, key=lambda p: (p[0], p[1])), start=1):
+        near.setdefault((round(50 * math.log10(x)), round(30 * y / span)), []).append((x, y, i))
+        key.append(f"{i}  {name}")
+    for group in near.values():
+        ax.annotate(", ".join(str(i) for _, _, i in group), group[0][:2], fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")  # fmt: skip
+    ax.text(1.02, 1.0, "\n".join(key), transform=ax.transAxes, va="top", ha="left", fontsize=7)
+
+
+def accuracy_plot(rows: Sequence[RunRow], task: str, path: str | Path) -> Path | None:
+    """``task``'s metric (with its interval) vs mean input tokens, one point per (method, variant) of ``rows``
+    (rows of one seed each; see :func:`combine_seeds`); None when no row has a value."""
+    points = _per_config(rows, task, lambda r: r.value is not None)
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 4.8))
+    for r in points:
+        if r.ci_lo is not None and r.ci_hi is not None:
+            ax.errorbar(
+                [r.input_tokens_mean],
+                [r.value],
+                yerr=[[max(r.value - r.ci_lo, 0.0)], [max(r.ci_hi - r.value, 0.0)]],
+                fmt="none",
+                ecolor="tab:gray",
+                capsize=3,
+                zorder=2,
+            )
+    ax.scatter([r.input_tokens_mean for r in points], [r.value for r in points], color="tab:blue", zorder=3)
+    _label_points(ax, [(r.input_tokens_mean, r.value, _name(r)) for r in points])
+    ax.set_xscale("log")
+    metric = points[0].metric or "metric"
+    ax.set_xlabel("mean input tokens per instance (log)")
+    ax.set_ylabel(f"{metric} (95 % interval)")
+    ax.set_title(f"{task}: {metric} vs input tokens ({points[0].profile})")
+    ax.grid(True, which="both", alpha=0.3)
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def latency_plot(rows: Sequence[RunRow], task: str, path: str | Path) -> Path | None:
+    """``task``'s latency measured through the server (and TTFT where recorded) vs mean input tokens, one
+    point per (method, variant); None when no row was measured."""
+    points = _per_config(rows, task, lambda r: r.latency_source == "server" and r.latency_s_mean is not None)
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 4.8))
+    xs = [r.input_tokens_mean for r in points]
+    ax.scatter(xs, [r.latency_s_mean for r in points], color="tab:blue", marker="o", zorder=3,
+               label="latency per request")  # fmt: skip
+    ttft = [r for r in points if r.ttft_s_mean is not None]
+    if ttft:
+        ax.scatter([r.input_tokens_mean for r in ttft], [r.ttft_s_mean for r in ttft], color="tab:orange",
+                   marker="^", zorder=3, label="time to first token")  # fmt: skip
+        for r in ttft:
+            ax.plot([r.input_tokens_mean] * 2, [r.ttft_s_mean, r.latency_s_mean], color="tab:gray", alpha=0.4)
+    _label_points(ax, [(r.input_tokens_mean, r.latency_s_mean, _name(r)) for r in points])
+    ax.set_xscale("log")
+    ax.set_xlabel("mean input tokens per instance (log)")
+    ax.set_ylabel("seconds per request")
+    ax.set_title(f"{task}: latency vs input tokens ({points[0].profile})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def render_accuracy_latency(rows: Sequence[RunRow], out: str | Path) -> list[Path]:
+    """``accuracy-<task>.png`` (rows of every table but the latency ones) and ``latency-<task>.png`` (rows
+    measured through the server) for each task with usable rows; seeds combined first. Returns the paths."""
+    out = Path(out)
+    rows = combine_seeds(rows)
+    latency_tables = {r.table_id for r in rows if r.latency_source is not None}
+    accuracy = [r for r in rows if r.table_id not in latency_tables]
+    paths = []
+    for task in sorted({r.task for r in rows}):
+        for p in (
+            accuracy_plot(accuracy, task, out / f"accuracy-{task}.png"),
+            latency_plot(rows, task, out / f"latency-{task}.png"),
+        ):
+            if p is not None:
+                paths.append(p)
+    return paths
+
+
 def schedule_plot(profile: Profile, path: str | Path, shots: int = 10) -> Path:
     """τ and k per stage for each pattern (``shots`` = k at stage 1) with the profile's stages and rate."""
     stages = profile.method.stages
@@ -128,13 +268,16 @@ def schedule_plot(profile: Profile, path: str | Path, shots: int = 10) -> Path:
 
 
 def render_plots(rows: Sequence[RunRow], profile: Profile, out: str | Path) -> list[Path]:
-    """``pareto-<task>.png`` for each task with results and ``schedules.png``; returns the paths written."""
+    """``pareto-<task>.png``, ``accuracy-<task>.png`` and ``latency-<task>.png`` for each task with results
+    and ``schedules.png`` (seeds of a configuration combined first); returns the paths written."""
     out = Path(out)
+    rows = combine_seeds(rows)
     paths = []
     for task in sorted({r.task for r in rows}):
         p = pareto_plot(rows, task, out / f"pareto-{task}.png")
         if p is not None:
             paths.append(p)
+    paths += render_accuracy_latency(rows, out)
     shots = max((spec.shots for spec in profile.tasks.values() if spec.shots), default=10)
     paths.append(schedule_plot(profile, out / "schedules.png", shots=shots))
     return paths

@@ -36,6 +36,7 @@ import typer
 import yaml
 
 from promptintern.evaluation.cost import Prices, load_prices
+from promptintern.harness.archive import ROWS_FILE
 from promptintern.harness.provenance import collect, utc_now
 from promptintern.harness.store import ResultsStore, RunRow
 from promptintern.harness.tables import SPEC_DIR, RowSpec, SpecError, TableSpec, load_specs, render_all
@@ -79,6 +80,12 @@ class Sizing:
     skip: tuple[str, ...] = ()
     reason: str = "skipped by the profile's reproduce sizing"
     source: str = ""
+    #: Training seeds of the ``seeded`` rows ("method" or "method/variant"); other rows use the profile's seed.
+    seeds: tuple[int, ...] = ()
+    seeded: tuple[str, ...] = ()
+
+    def seeds_for(self, row: RowSpec, default: int) -> tuple[int, ...]:
+        return self.seeds if self.seeds and row.id in self.seeded else (default,)
 
     def skips(self, row: RowSpec) -> bool:
         return row.id in self.skip or (bool(row.variant) and f"{row.method}/*" in self.skip)
@@ -99,7 +106,7 @@ def load_sizing(profile: str, path: str | Path | None = None) -> Sizing | None:
     entry = (data.get("profiles") or {}).get(profile)
     if entry is None:
         return None
-    unknown = sorted(set(entry) - {"tasks", "overrides", "skip", "reason"})
+    unknown = sorted(set(entry) - {"tasks", "overrides", "skip", "reason", "seeds", "seeded"})
     if unknown:
         raise SpecError(f"{path}: profiles.{profile}: unknown key(s) {', '.join(unknown)}")
     tasks = entry.get("tasks")
@@ -110,6 +117,8 @@ def load_sizing(profile: str, path: str | Path | None = None) -> Sizing | None:
         skip=tuple(entry.get("skip") or ()),
         reason=" ".join(str(entry.get("reason") or Sizing.reason).split()),
         source=str(path),
+        seeds=tuple(int(x) for x in entry.get("seeds") or ()),
+        seeded=tuple(entry.get("seeded") or ()),
     )
 
 
@@ -122,13 +131,16 @@ class Job:
 
     task: str
     row: RowSpec
+    seed: int = 0
     cells: list[tuple[TableSpec, RowSpec]] = field(default_factory=list)
     experiment: Any = None
     error: str | None = None
+    #: Whether the profile's reproduce sizing trains this row with several seeds (the name then says which).
+    seeded: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.task}/{self.row.id}"
+        return f"{self.task}/{self.row.id}" + (f" seed {self.seed}" if self.seeded else "")
 
 
 @dataclass
@@ -168,15 +180,18 @@ def plan(specs: list[TableSpec], base: Profile, model: str | None, sizing: Sizin
                 if sizing and sizing.skips(row):
                     fixed.append((spec, row, task, sizing.reason))
                     continue
-                job = Job(task, row)
-                try:
-                    exp = Experiment(task, row.method, apply_overrides(base, row.overrides), model)
-                    ident: Any = (exp.directory, row.variant)
-                    job.experiment = exp
-                except Exception as exc:  # noqa: BLE001 - a bad variant fails its rows, not the run
-                    job.error = f"{type(exc).__name__}: {exc}"
-                    ident = ("error", task, row.id)
-                jobs.setdefault(ident, job).cells.append((spec, row))
+                seeds = sizing.seeds_for(row, base.seed) if sizing else (base.seed,)
+                for seed in seeds:
+                    job = Job(task, row, seed, seeded=len(seeds) > 1)
+                    try:
+                        profile = apply_overrides(base, {**(row.overrides or {}), "seed": seed})
+                        exp = Experiment(task, row.method, profile, model)
+                        ident: Any = (exp.directory, row.variant)
+                        job.experiment = exp
+                    except Exception as exc:  # noqa: BLE001 - a bad variant fails its rows, not the run
+                        job.error = f"{type(exc).__name__}: {exc}"
+                        ident = ("error", task, row.id, seed)
+                    jobs.setdefault(ident, job).cells.append((spec, row))
     return Plan(list(jobs.values()), fixed)
 
 
@@ -258,6 +273,7 @@ def _row(
     model: str,
     status: str,
     reason: str | None,
+    seed: int | None = None,
     **fields: Any,
 ) -> RunRow:
     return RunRow(
@@ -267,7 +283,7 @@ def _row(
         task=task,
         model=model,
         profile=profile.name,
-        seed=profile.seed,
+        seed=profile.seed if seed is None else seed,
         label=row.label,
         status=status,
         reason=reason,
@@ -328,10 +344,12 @@ def _server_latency(specs, jobs, store: ResultsStore, base: Profile, model: str,
     for spec in (s for s in specs if s.layout == "latency"):
         for task in spec.tasks:
             stored = {
-                (r.method, r.variant): r for r in store.rows(spec.id, base.name, model=model, task=task)
+                (r.method, r.variant): r
+                for r in store.rows(spec.id, base.name, model=model, task=task)
+                if r.seed == base.seed
             }
             rows = {}
-            for job in jobs:
+            for job in (j for j in jobs if j.seed == base.seed):
                 for cell_spec, row in job.cells:
                     found = stored.get((row.method, row.variant))
                     if (
@@ -347,7 +365,77 @@ def _server_latency(specs, jobs, store: ResultsStore, base: Profile, model: str,
             n = min(base.latency_instances, *(len(e.test_set) for e, _ in rows.values()))
             measured = measure_task(task, {name: e for name, (e, _) in rows.items()}, n, progress)
             for name, (_, found) in rows.items():
-                store.record(dataclasses.replace(found, **row_fields(measured[name])))
+                where = {"latency_file": measured[name].get("file"), "latency_row": name}
+                prov = {**found.provenance, **{k: v for k, v in where.items() if v}}
+                store.record(dataclasses.replace(found, **row_fields(measured[name]), provenance=prov))
+
+
+def _render(store: ResultsStore, specs, out: Path, base: Profile, model: str, command: str | None):
+    """Tables, plots, the claims table and the exported runs of the stored rows; (files, rows)."""
+    from promptintern.harness import plots
+    from promptintern.harness.archive import export_runs
+    from promptintern.harness.claims import evaluate_claims, write_claims
+
+    paths = render_all(store, specs, out, profile=base.name, model=model, command=command)
+    rows = [r for spec in specs for r in _cells(spec, store.rows(spec.id, base.name, model=model))]
+    paths += plots.render_plots(rows, base, out)
+    tasks = sorted({r.task for r in rows}, key=lambda t: next(i for i, r in enumerate(rows) if r.task == t))
+    paths += write_claims(evaluate_claims(rows, tasks), out, title=f"Claims of the paper on the {base.name} profile")
+    paths += export_runs(rows, out)
+    return paths, rows
+
+
+def _archived(out: Path) -> dict[str, RunRow]:
+    """Ok rows of an earlier sitting exported to ``out`` (``rows.jsonl``), by settings key."""
+    from promptintern.harness.archive import ArchiveError, read_rows
+
+    try:
+        rows = read_rows(out) if (out / ROWS_FILE).is_file() else []
+    except ArchiveError as exc:
+        print(f"ignoring {out / ROWS_FILE}: {exc}", file=sys.stderr)
+        return {}
+    return {r.settings_key: r for r in rows if r.status == "ok" and r.settings_key and r.directory}
+
+
+def _from_archive(job: Job, archived: dict[str, RunRow], store: ResultsStore) -> RunRow | None:
+    """Record ``job``'s cells from the exported results of an earlier sitting when its run is not in this home
+    (the same settings key: the same experiment); the row, or None when the job must run."""
+    exp = job.experiment
+    if exp is None or job.error or exp.key not in archived or (exp.directory / "scores.json").is_file():
+        return None
+    old = archived[exp.key]
+    for spec, row in job.cells:
+        store.record(dataclasses.replace(old, table_id=spec.id, label=row.label, method=row.method,
+                                         variant=row.variant, task=job.task, seed=job.seed))  # fmt: skip
+    return old
+
+
+def rebuild(folder: str | Path, *, specs=None, out: str | Path | None = None, store: ResultsStore | None = None,
+            command: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """``--from-results``: the store, tables, plots and claims rebuilt from an exported results folder, no
+    training or generation. ``out``: default the folder itself."""
+    from promptintern.harness.archive import import_runs
+
+    folder = Path(folder)
+    own = store is None
+    store = store or ResultsStore()
+    try:
+        rows = import_runs(folder, store)
+        if not rows:
+            raise SpecError(f"{folder / ROWS_FILE} holds no rows")
+        first = rows[0]
+        try:
+            base = load_profile(first.profile)
+        except ProfileError:  # a profile file that is not at hand: its name and model suffice to render
+            base = Profile.model_validate({"name": first.profile, "model": first.model})
+        specs = specs or load_specs(None)
+        target = Path(out) if out is not None else folder
+        paths, shown = _render(store, specs, target, base, first.model, command)
+        return {"profile": first.profile, "model": first.model, "rows": {s: sum(r.status == s for r in shown)
+                for s in ("ok", "not run", "failed")}, "files": [str(p) for p in paths]}  # fmt: skip
+    finally:
+        if own:
+            store.close()
 
 
 def reproduce(
@@ -373,8 +461,6 @@ def reproduce(
     rows stay on hf).
     ``store``: default ``$PROMPTINTERN_HOME/results.sqlite``. ``out``: default ``results/<profile>``.
     """
-    from promptintern.harness import plots
-
     started = time.perf_counter()
     profile = load_profile(profile) if isinstance(profile, str) else profile
     specs = load_specs(tables, spec_dir)
@@ -412,8 +498,15 @@ def reproduce(
             )
         full_tokens = ReferenceTokens(base, model, FULL_PROMPT)
         template_tokens = ReferenceTokens(base, model, TEMPLATE_ONLY)
+        archived = _archived(out)
         log = []
         for i, job in enumerate(work.jobs, 1):
+            kept = _from_archive(job, archived, store)
+            if kept is not None:
+                _say(f"{i}/{len(work.jobs)} {job.name}: {kept.status} (kept from {out / ROWS_FILE})", progress)
+                log.append({"experiment": job.name, "status": kept.status, "reason": kept.reason, "wall_s": 0.0,
+                            "compute_s": kept.wall_s or 0.0, "archived": True})  # fmt: skip
+                continue
             _say(f"{i}/{len(work.jobs)} {job.name}: start", progress)
             t0 = time.perf_counter()
             status, reason, result = _run_job(job, progress)
@@ -426,7 +519,7 @@ def reproduce(
                 )
             exp = job.experiment
             prov = collect(
-                seed=base.seed,
+                seed=job.seed,
                 wall_s=round(wall, 3),
                 compute_s=compute,
                 settings_key=exp.key if exp is not None and job.error is None else None,
@@ -450,6 +543,7 @@ def reproduce(
                         model=model_name,
                         status=status,
                         reason=reason,
+                        seed=job.seed,
                         directory=str(exp.directory) if exp is not None else None,
                         wall_s=compute,
                         provenance=prov,
@@ -468,10 +562,10 @@ def reproduce(
                 }
             )
             gc.collect()
-        _server_latency(specs, work.jobs, store, base, model_name, progress)
-        paths = render_all(store, specs, out, profile=base.name, model=model_name, command=command)
-        rows = [r for spec in specs for r in _cells(spec, store.rows(spec.id, base.name, model=model_name))]
-        paths += plots.render_plots(rows, base, out)
+        _server_latency(specs, [j for j in work.jobs if j.experiment is not None and
+                                (j.experiment.directory / "scores.json").is_file()],
+                        store, base, model_name, progress)  # fmt: skip
+        paths, rows = _render(store, specs, out, base, model_name, command)
         total = time.perf_counter() - started
         counts = {s: sum(r.status == s for r in rows) for s in ("ok", "not run", "failed")}
         summary = {
@@ -511,15 +605,32 @@ def reproduce_cmd(
     tasks: list[str] = typer.Option(
         None, "--task", "-t", help="A task name or folder replacing the tables' tasks; repeatable."
     ),
+    tasks_list: str | None = typer.Option(
+        None, "--tasks", help="Comma-separated task names or folders (the same as repeating --task)."
+    ),
     backend: str | None = typer.Option(
         None,
         "--backend",
         help="Generation backend of every experiment: hf, llamacpp, openai or auto (default: the profile's).",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output on stderr."),
+    from_results: Path | None = typer.Option(
+        None,
+        "--from-results",
+        help="Rebuild the store, tables, plots and claims from an exported results folder (e.g. results/cpu-full) "
+        "without training or generating.",
+    ),
 ) -> None:
     """Run every experiment of the paper tables (cached), record them in the results store, render tables."""
     import contextlib
+
+    tasks = [*(tasks or ()), *(t.strip() for t in (tasks_list or "").split(",") if t.strip())]
+    if from_results is not None:
+        command = f"promptintern reproduce --from-results {from_results}" + (f" --out {out}" if out else "")
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = rebuild(from_results, specs=load_specs(tables), out=out, command=command)
+        typer.echo(json.dumps(summary, indent=2))
+        return
 
     parts = ["promptintern reproduce", f"--profile {profile}", f"--tables {tables}"]
     parts += [f"--{k} {v}" for k, v in (("out", out), ("prices", prices), ("model", model)) if v is not None]

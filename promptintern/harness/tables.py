@@ -4,19 +4,30 @@ A spec names the table, its caption, the tasks (one column group each) and the r
 :mod:`promptintern.methods.registry` registry and, for variants of a method, a ``variant`` name with profile
 ``overrides``. :func:`render_markdown` lays a table out like the paper: per task ``metric | tokens | ×``
 (layout ``tasks``; × = template-only tokens / the row's tokens, the paper's definition; with ``rates: true``
-also the template rate requested → achieved) or ``latency | speedup | cost`` (layout ``latency``, Table 8:
-speedup against the first ``reference`` method with a result; cost at fine-tuned gpt-3.5-turbo prices on
-cl100k counts, and the cost saving of the ``saving`` row against the reference below the table). Cells show the metric with its 95 % interval, ``not run: reason``
-or ``failed: reason``; a footer gives n, the commits, package versions and hardware the rows were computed
-with, the render date and the command. :func:`write_table` writes ``tableN.md``, ``.csv`` (one line per row
-× task) and ``.json`` atomically. Unlike the paper, every number comes from this suite's own runs on the
-profile's model and subsets.
+also the template rate requested → achieved) or ``latency | TTFT | TPOT | out tok | speedup | cost`` (layout
+``latency``, Table 8: speedup against the first ``reference`` method with a result; cost at fine-tuned
+gpt-3.5-turbo prices on cl100k counts, and the cost saving of the ``saving`` row against the reference below
+the table).
+
+A cell is the store rows of one (method, variant, task) over training seeds, combined by
+:func:`promptintern.harness.seeds.combine`: the metric is the seed mean with its 95 % interval
+(``12.3 [10.0, 14.6]``; over several seeds the interval resamples seeds and test instances), tokens, ratios,
+latency and cost come from the combined row. A cell without a result shows ``—`` and a footnote number
+(``—¹``); the footnotes under the table give each distinct reason once (``¹ not run: <reason>``,
+``failed: <reason>``, ``missing: ...`` for a cell with no stored row, ``latency not measured: ...``; seeds
+that did not run beside ones that did are footnoted on the value). Below the table: the test instances per
+task (n), the training seeds (rows or cells over other seeds than the usual ones marked ``†``, ``‡``, ...),
+then a footer with the commits, package versions and hardware the rows were computed with, the render date
+and the command. :func:`write_table` writes ``tableN.md``, ``.csv`` (one line per row × task, ``seeds``
+separated by ``;``, the full reason) and ``.json`` (the same records, ``seeds`` as a list) atomically.
+Unlike the paper, every number comes from this suite's own runs on the profile's model and subsets.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from promptintern.harness.provenance import describe_hardware, environment, utc_now
+from promptintern.harness.seeds import combine, seeds_of
 from promptintern.harness.store import ResultsStore, RunRow
 from promptintern.io import atomic_write_text, write_json
 from promptintern.paths import REPO_ROOT
@@ -36,7 +48,7 @@ SPEC_DIR = next(
     (d for d in (REPO_ROOT / "benchmarks" / "tables", Path(__file__).parents[1] / "experiments") if d.is_dir()),
     REPO_ROOT / "benchmarks" / "tables",
 )
-#: Longest reason shown in a Markdown cell (CSV and JSON keep the whole text).
+#: Longest row label shown in a Markdown cell.
 MD_REASON_CHARS = 160
 CSV_FIELDS = (
     "table",
@@ -44,6 +56,7 @@ CSV_FIELDS = (
     "method",
     "variant",
     "task",
+    "seeds",
     "status",
     "metric",
     "value",
@@ -183,26 +196,48 @@ def load_specs(tables: str | Iterable[str | int] | None = None, spec_dir=None) -
 
 # -- cells --------------------------------------------------------------------------------------------
 
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+#: Markers of the rows (or cells) whose seeds differ from the table's usual ones, in order of use.
+SEED_MARKS = ("†", "‡", "§", "¶", "‖")
+#: Combined rows of several seeds by the rows' contents: the tables' three renderings bootstrap once.
+_COMBINED: dict[tuple, RunRow] = {}
+
 
 def _md_text(text: str) -> str:
     text = re.sub(r"\s+", " ", text).strip().replace("|", "\\|")
     return text if len(text) <= MD_REASON_CHARS else text[: MD_REASON_CHARS - 1].rstrip() + "…"
 
 
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
 def _num(v: float | None, fmt: str) -> str:
     return "—" if v is None else format(v, fmt)
 
 
-def _metric_cell(row: RunRow | None) -> str:
-    if row is None:
-        return "—"
-    if row.status != "ok":
-        return f"{row.status}: {_md_text(row.reason or '')}"
-    if row.value is None:
-        return "—"
-    if row.ci_lo is None or row.ci_hi is None:
-        return f"{row.value:.1f}"
-    return f"{row.value:.1f} [{row.ci_lo:.1f}, {row.ci_hi:.1f}]"
+def _seed_list(seeds: Iterable[int]) -> str:
+    return ", ".join(map(str, seeds))
+
+
+class Footnotes:
+    """Numbered notes under a table: identical texts share one number, numbered in order of first use."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, int] = {}
+
+    def mark(self, text: str) -> str:
+        """The superscript number of ``text`` (``¹``), adding it on first use."""
+        text = _one_line(text)
+        number = self.texts.setdefault(text, len(self.texts) + 1)
+        return str(number).translate(_SUPERSCRIPT)
+
+    def lines(self) -> list[str]:
+        """One paragraph per note: ``¹ not run: <full reason>``."""
+        out: list[str] = []
+        for text, number in self.texts.items():
+            out += [f"{str(number).translate(_SUPERSCRIPT)} {text}", ""]
+        return out
 
 
 def _ok(row: RunRow | None) -> RunRow | None:
@@ -236,12 +271,46 @@ def header(spec: TableSpec) -> list[str]:
     return cols
 
 
+class _Cell:
+    """The store rows of one (method, variant, task) over training seeds and their combined row."""
+
+    def __init__(self, rows: Sequence[RunRow]) -> None:
+        self.rows = sorted(rows, key=lambda r: r.seed)
+        ok = [r for r in self.rows if r.status == "ok"]
+        #: Seeds behind the shown row: the ok ones, else every seed tried.
+        self.seeds = seeds_of(ok or self.rows)
+        #: Rows of seeds that did not run next to ok ones (their value is left out of the mean).
+        self.not_ok = [r for r in self.rows if r.status != "ok"] if ok else []
+        #: Why the seeds' rows were not combined (then the lowest ok seed's row is shown).
+        self.uncombined: str | None = None
+        try:
+            self.row = _combine(self.rows) if len(ok) > 1 else combine(self.rows)
+        except ValueError as exc:  # e.g. seeds scored on different test instances
+            self.row, self.seeds = ok[0], [ok[0].seed]
+            self.uncombined = f"seeds {_seed_list(seeds_of(ok))} not combined ({exc}); seed {ok[0].seed} shown"
+
+
+def _combine(rows: Sequence[RunRow]) -> RunRow:
+    """:func:`.seeds.combine`, remembered for rows with the same contents."""
+    key = tuple(json.dumps(r.to_dict(), sort_keys=True, default=str) for r in rows)
+    if key not in _COMBINED:
+        if len(_COMBINED) >= 1024:
+            _COMBINED.clear()
+        _COMBINED[key] = combine(rows)
+    return _COMBINED[key]
+
+
 class _Grid:
-    """Store rows of one table indexed by (method, variant, task), with the latency references."""
+    """Store rows of one table grouped by (method, variant, task) over seeds (:func:`.seeds.combine`), with
+    the latency references."""
 
     def __init__(self, spec: TableSpec, rows: Sequence[RunRow]) -> None:
         self.spec = spec
-        self.cells = {(r.method, r.variant, r.task): r for r in rows}
+        groups: dict[tuple[str, str, str], list[RunRow]] = {}
+        for r in rows:
+            groups.setdefault((r.method, r.variant, r.task), []).append(r)
+        self.groups = {key: _Cell(group) for key, group in groups.items()}
+        self.cells = {key: cell.row for key, cell in self.groups.items()}
         self.reference: dict[str, RunRow] = {}
         for task in spec.tasks:
             for method in spec.reference:
@@ -253,32 +322,84 @@ class _Grid:
     def get(self, row: RowSpec, task: str) -> RunRow | None:
         return self.cells.get((row.method, row.variant, task))
 
+    def cell(self, row: RowSpec, task: str) -> _Cell | None:
+        return self.groups.get((row.method, row.variant, task))
+
     def speedup(self, row: RunRow | None) -> float | None:
         ref = self.reference.get(row.task) if row is not None else None
         if _ok(row) is None or ref is None or not row.latency_s_mean:
             return None
         return ref.latency_s_mean / row.latency_s_mean
 
-    def md_cells(self, row: RowSpec, task: str) -> list[str]:
-        r = self.get(row, task)
+    def seed_marks(self) -> tuple[dict[tuple[int, ...], str], str]:
+        """Marker per seed list of the ok cells and the line stating them: the most common single-seed list
+        (else the most common list) is unmarked, every other list gets a marker of :data:`SEED_MARKS`."""
+        counts: dict[tuple[int, ...], int] = {}
+        shown = [c for row in self.spec.rows for t in self.spec.tasks if (c := self.cell(row, t)) is not None]
+        for cell in shown:
+            if cell.row.status == "ok":
+                key = tuple(cell.seeds)
+                counts[key] = counts.get(key, 0) + 1
+        if not counts:
+            seeds = sorted({r.seed for cell in shown for r in cell.rows})
+            return {}, f"Training seeds: {_seed_list(seeds) or '—'} (no cell has a result)."
+        base = min(counts, key=lambda k: (len(k) > 1, -counts[k]))
+        others = [k for k in counts if k != base]
+        marks = {k: SEED_MARKS[i % len(SEED_MARKS)] * (1 + i // len(SEED_MARKS)) for i, k in enumerate(others)}
+        parts = [f"{_seed_list(k)} where marked {m}" for k, m in marks.items()]
+        parts.append(f"{_seed_list(base)} {'otherwise' if parts else 'for every result'}")
+        line = f"Training seeds: {'; '.join(parts)}."
+        if any(len(k) > 1 for k in counts):
+            line += (
+                " A result over several seeds is their mean, its 95 % interval resampling seeds and test"
+                " instances."
+            )
+        return marks, line
+
+    def row_seed_mark(self, row: RowSpec, marks: dict[tuple[int, ...], str]) -> str | None:
+        """The row's seed marker when all its results share one seed list (else each cell carries its own)."""
+        found = {
+            marks.get(tuple(c.seeds), "")
+            for t in self.spec.tasks
+            if (c := self.cell(row, t)) is not None and c.row.status == "ok"
+        }
+        return found.pop() if len(found) == 1 else None
+
+    def md_cells(
+        self, row: RowSpec, task: str, notes: Footnotes, marks: dict[tuple[int, ...], str] | None = None
+    ) -> list[str]:
+        """The row's Markdown cells for ``task``: results, or ``—`` with a footnote saying why not. ``marks``:
+        seed markers to put on this cell's value (None: the row label carries them)."""
+        cell = self.cell(row, task)
+        r = cell.row if cell is not None else None
         ok = _ok(r)
+        width = 6 if self.spec.layout == "latency" else 3 + self.spec.rates
+        if ok is None:
+            text = "missing: no result in the results store" if r is None else f"{r.status}: {r.reason}"
+            return ["—" + notes.mark(text)] + ["—"] * (width - 1)
+        mark = (marks or {}).get(tuple(cell.seeds), "")
+        for other in cell.not_ok:
+            mark += notes.mark(f"{other.status} (seed {other.seed}): {other.reason}")
+        if cell.uncombined:
+            mark += notes.mark(cell.uncombined)
         if self.spec.layout == "latency":
-            if ok is None:
-                return [_metric_cell(r) if r is not None else "—"] + ["—"] * 5
             speed = self.speedup(ok)
             cost = ok.cost_ft_gpt35_usd_per_instance
             source = ok.latency_source or ""
-            latency = source.removeprefix("not measured: ") if source.startswith("not measured") else None
+            if source.startswith("not measured"):
+                latency = "—" + notes.mark("latency " + source)
+            else:
+                latency = _num(ok.latency_s_mean, ".3f")
             return [
-                _md_text(latency[:80]) if latency else _num(ok.latency_s_mean, ".3f"),
+                latency + mark,
                 _num(ok.ttft_s_mean, ".3f"),
                 _num(None if ok.tpot_s_mean is None else 1000 * ok.tpot_s_mean, ".1f"),
                 _num(ok.latency_output_tokens_mean, ".1f"),
                 "—" if speed is None else f"{speed:.2f}×",
                 _num(None if cost is None else 1000 * cost, ".3f"),
             ]
-        times = ok and ok.compression_x
-        cells = [_metric_cell(r), _num(ok and ok.input_tokens_mean, ".1f"), "—" if not times else f"{times:.1f}×"]
+        times = ok.compression_x
+        cells = [_metric_value(ok) + mark, _num(ok.input_tokens_mean, ".1f"), "—" if not times else f"{times:.1f}×"]
         if self.spec.rates:
             cells.append(_rates(ok))
         return cells
@@ -294,6 +415,15 @@ class _Grid:
         return row, ref, 1 - row.cost_ft_gpt35_usd_per_instance / ref.cost_ft_gpt35_usd_per_instance
 
 
+def _metric_value(row: RunRow) -> str:
+    """``value [ci_lo, ci_hi]`` of an ok row (``—`` without a value)."""
+    if row.value is None:
+        return "—"
+    if row.ci_lo is None or row.ci_hi is None:
+        return f"{row.value:.1f}"
+    return f"{row.value:.1f} [{row.ci_lo:.1f}, {row.ci_hi:.1f}]"
+
+
 def _rates(row: RunRow | None) -> str:
     """Template rate requested → achieved (the compressor's own unit), or — where no template is compressed."""
     if row is None or row.rate_requested is None or row.rate_achieved is None:
@@ -306,14 +436,31 @@ def _rates(row: RunRow | None) -> str:
 # -- rendering ----------------------------------------------------------------------------------------
 
 
+def _counts(values: Iterable[float | int | None]) -> str:
+    """Distinct counts, sorted, as integers where whole (the store keeps some counts as REAL)."""
+    found = sorted({v for v in values if v is not None})
+    return ", ".join(str(int(v)) if float(v).is_integer() else f"{v:g}" for v in found)
+
+
+def _n_line(grid: _Grid) -> str:
+    """Test instances per task of the results shown (a list where rows differ; latency requests too)."""
+    parts = []
+    for task in grid.spec.tasks:
+        shown = [r for row in grid.spec.rows if (r := _ok(grid.get(row, task))) is not None]
+        ns = _counts(r.n for r in shown)
+        if ns:
+            text = f"{task_title(task)} n = {ns}" + (" (differs by row)" if "," in ns else "")
+        else:
+            text = f"{task_title(task)} n = — ({'not recorded' if shown else 'no result'})"
+        latency = _counts(r.latency_n for r in shown)
+        if grid.spec.layout == "latency" and latency:
+            text += f" (latency: {latency} requests per row)"
+        parts.append(text)
+    return "Test instances per task: " + "; ".join(parts) + "."
+
+
 def _footer(rows: Sequence[RunRow], command: str | None, rendered_at: str) -> list[str]:
     lines = []
-    ns = sorted({(r.task, r.n) for r in rows if r.status == "ok" and r.n is not None})
-    if ns:
-        lines.append(
-            "Test instances per cell: " + ", ".join(f"{task_title(t)} n = {n}" for t, n in ns) + "."
-        )
-    seeds = sorted({r.seed for r in rows})
     prov = [r.provenance for r in rows if r.provenance]
     env = prov[0] if prov else environment()
     commits = sorted(
@@ -330,7 +477,6 @@ def _footer(rows: Sequence[RunRow], command: str | None, rendered_at: str) -> li
         hardware = [describe_hardware(env.get("hardware") or {})]
     lines.append(
         f"Provenance: commit {', '.join(commits) or 'none recorded'}; "
-        f"seed {', '.join(map(str, seeds)) or '—'}; "
         f"python {env.get('python')}, {versions}; hardware: {'; '.join(hardware)}; rendered {rendered_at}."
     )
     if command:
@@ -348,6 +494,8 @@ def render_markdown(
     rendered_at: str | None = None,
 ) -> str:
     grid = _Grid(spec, rows)
+    notes = Footnotes()
+    marks, seeds_line = grid.seed_marks()
     cols = header(spec)
     aligns = ["---"] + ["---:"] * (len(cols) - 1)
     lines = [f"# {spec.title}", ""]
@@ -356,11 +504,13 @@ def render_markdown(
     lines += [f"Profile `{profile}`, model `{model}`.", ""]
     lines += ["| " + " | ".join(cols) + " |", "| " + " | ".join(aligns) + " |"]
     for row in spec.rows:
-        cells = [_md_text(row.label)]
+        row_mark = grid.row_seed_mark(row, marks)
+        cells = [_md_text(row.label) + (row_mark or "")]
         for task in spec.tasks:
-            cells += grid.md_cells(row, task)
+            cells += grid.md_cells(row, task, notes, None if row_mark is not None else marks)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += notes.lines()
     if spec.layout == "latency":
         refs = [f"{task_title(t)}: {r.label or r.method}" for t, r in grid.reference.items()]
         lines += [f"Speedup reference: {'; '.join(refs) if refs else 'none with a result'}.", ""]
@@ -374,6 +524,7 @@ def render_markdown(
                     "actual inputs and outputs; the paper reports 88.3 % lower cost, baseline not stated).",
                     "",
                 ]
+    lines += [_n_line(grid), "", seeds_line, ""]
     lines += _footer(rows, command, rendered_at or utc_now())
     return "\n".join(lines) + "\n"
 
@@ -383,16 +534,20 @@ def _csv_num(v: Any) -> str:
         return ""
     if isinstance(v, float):
         return format(v, ".6g")
+    if isinstance(v, list):
+        return ";".join(map(str, v))
     return str(v)
 
 
 def records(spec: TableSpec, rows: Sequence[RunRow]) -> list[dict[str, Any]]:
-    """One flat record per (spec row, task), in table order (missing results get status ``missing``)."""
+    """One flat record per (spec row, task), in table order (missing results get status ``missing``): the
+    cell's row combined over seeds (``seeds``: the seeds combined), seeds that did not run under
+    ``seeds_not_ok``."""
     grid = _Grid(spec, rows)
     out = []
     for row in spec.rows:
         for task in spec.tasks:
-            r = grid.get(row, task)
+            cell = grid.cell(row, task)
             base = {
                 "table": spec.id,
                 "label": row.label,
@@ -400,17 +555,27 @@ def records(spec: TableSpec, rows: Sequence[RunRow]) -> list[dict[str, Any]]:
                 "variant": row.variant,
                 "task": task,
             }
-            if r is None:
-                out.append(base | {"status": "missing"})
+            if cell is None:
+                out.append(base | {"seeds": [], "status": "missing"})
                 continue
+            r = cell.row
             data = r.to_dict()
             data.pop("provenance")
             found = grid.saving(task)
+            extra: dict[str, Any] = {}
+            if cell.not_ok:
+                extra["seeds_not_ok"] = [
+                    {"seed": o.seed, "status": o.status, "reason": o.reason} for o in cell.not_ok
+                ]
+            if cell.uncombined:
+                extra["seeds_not_combined"] = cell.uncombined
             out.append(
                 base
+                | {"seeds": list(cell.seeds)}
                 | {k: v for k, v in data.items() if k not in base and k != "label"}
                 | {"speedup": grid.speedup(r)}
                 | ({"cost_saving_vs_reference": found[2]} if found and found[0] is r else {})
+                | extra
             )
     return out
 
@@ -436,6 +601,14 @@ def render_json(
     rendered_at: str | None = None,
 ) -> dict[str, Any]:
     commits = sorted({str((r.provenance.get("git") or {}).get("commit")) for r in rows if r.provenance})
+    per_cell: dict[tuple[str, str, str], int] = {}
+    for r in rows:
+        per_cell[(r.method, r.variant, r.task)] = per_cell.get((r.method, r.variant, r.task), 0) + 1
+
+    def key(r: RunRow) -> str:  # method/variant/task, with /seed-N where a cell has several seeds' rows
+        name = f"{r.method}/{r.variant}/{r.task}"
+        return name + (f"/seed-{r.seed}" if per_cell[(r.method, r.variant, r.task)] > 1 else "")
+
     return {
         "table": spec.id,
         "title": spec.title,
@@ -447,7 +620,7 @@ def render_json(
         "records": records(spec, rows),
         "provenance": {
             "commits": commits,
-            "rows": {f"{r.method}/{r.variant}/{r.task}": r.provenance for r in rows},
+            "rows": {key(r): r.provenance for r in rows},
         },
         "command": command,
         "rendered_at": rendered_at,

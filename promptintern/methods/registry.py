@@ -340,6 +340,7 @@ for _name, (_tau, _frac) in ZERO_SHOT.items():
     register_method(_cls(_name, _tau, _frac, trains=False, description="untrained"))
 for _name, (_tau, _frac) in DIRECT_FT.items():
     register_method(Fixed(_name, _tau, _frac, description="direct fine-tuning"))
+__import__("promptintern.methods.distill")  # registers "distill"; a call: distill.py imports this module
 for _name, _baseline in COMPRESSION_BASELINES.items():
     register_method(Compression(_name, _baseline))
 register_method(Gist())

@@ -28,10 +28,10 @@ from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
+from promptintern.serving.server import LocalOpenAIServer
+
 #: Output cap of a warm-up request: it processes a whole prompt and decodes a few tokens, enough to warm both.
 WARMUP_TOKENS = 8
-
-from promptintern.serving.server import LocalOpenAIServer
 
 
 class LatencyError(RuntimeError):

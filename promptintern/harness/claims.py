@@ -1,0 +1,335 @@
+"""The claims table: each claim of the paper (``benchmarks/tables/claims.yaml``) as a paired comparison of two
+configurations on the same test instances, with a verdict.
+
+A claim compares row ``a`` with row ``b`` (``method`` or ``method/variant``) of one task, using every stored
+training seed of each. ``greater`` and ``equivalent`` claims use the task's metric: the difference of the
+seed-averaged scores and its 95 % interval from a two-stage bootstrap that resamples the seeds of each side and
+the test instances, shared by both sides (:meth:`~promptintern.tasks.metrics.Metric.seeded_interval`).
+``reduction`` and ``speedup`` claims use a per-instance quantity (input tokens and cost from ``predictions.jsonl``,
+latency from the Table 8 server measurement) and a ratio of means, resampling instances. Verdicts:
+
+* ``greater``: ``reproduced`` when the interval lies above 0, ``contradicted`` below 0, else ``inconclusive``
+  (the interval holds both zero and the paper's direction).
+* ``equivalent``: ``reproduced`` when the interval lies inside ``[-margin, margin]``, ``contradicted`` when it
+  lies entirely outside, else ``inconclusive``.
+* ``reduction`` / ``speedup``: against the claim's threshold in the same way as ``greater`` against 0.
+* ``not run``: a row is missing, did not run, or lacks its per-instance records; the reason says which.
+
+:func:`write_claims` writes ``claims.json`` (one object per claim and task: ``claim``, ``task``, ``a``, ``b``,
+``diff``, ``ci_low``, ``ci_high``, ``n_test``, ``seeds``, ``verdict``, ``primary``, ``paper`` and a few more) and
+``claims.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from promptintern.harness.seeds import instance_rows, metric_for, seeds_of
+from promptintern.harness.store import RunRow
+from promptintern.harness.tables import SPEC_DIR, SpecError
+from promptintern.io import atomic_write_text, write_json
+
+CLAIMS_FILE = SPEC_DIR / "claims.yaml"
+RESAMPLES = 2000
+VERDICTS = ("reproduced", "contradicted", "inconclusive", "not run")
+#: Price-file line the cost claim bills requests at (the paper's fine-tuned GPT-3.5 rows).
+COST_MODEL = "ft:gpt-3.5-turbo"
+
+
+class ClaimSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    claim: str
+    kind: Literal["greater", "equivalent", "reduction", "speedup"]
+    a: str
+    b: str | tuple[str, ...]
+    primary: bool = False
+    margin: float | None = None
+    quantity: Literal["input_tokens", "latency_s", "cost_usd"] | None = None
+    threshold: float = 0.0
+    paper: dict[str, str] = {}
+
+    @field_validator("b")
+    @classmethod
+    def _b(cls, v):
+        return tuple(v) if isinstance(v, list | tuple) else v
+
+    def model_post_init(self, _: Any) -> None:
+        if self.kind == "equivalent" and self.margin is None:
+            raise ValueError(f"claim {self.id}: kind equivalent needs a margin")
+        if self.kind in ("reduction", "speedup") and self.quantity is None:
+            raise ValueError(f"claim {self.id}: kind {self.kind} needs a quantity")
+
+    def paper_for(self, task: str) -> str | None:
+        return self.paper.get(task) or self.paper.get("all")
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        return self.b if isinstance(self.b, tuple) else (self.b,)
+
+
+def load_claims(path: str | Path | None = None) -> list[ClaimSpec]:
+    """The claim specs of ``path`` (default ``benchmarks/tables/claims.yaml``); SpecError names the entry."""
+    path = Path(path) if path is not None else CLAIMS_FILE
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: {exc}") from exc
+    out = []
+    for i, entry in enumerate(data.get("claims") or []):
+        try:
+            out.append(ClaimSpec.model_validate(entry))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "entry"
+            raise SpecError(f"{path}: claims[{i}].{where}: {err['msg']}") from None
+    return out
+
+
+# -- rows -------------------------------------------------------------------------------------------------
+
+
+def _name(row: RunRow) -> str:
+    return f"{row.method}/{row.variant}" if row.variant else row.method
+
+
+def runs_by_config(rows: Iterable[RunRow]) -> dict[tuple[str, str], list[RunRow]]:
+    """(task, method[/variant]) -> one row per seed (rows shown in several tables counted once; ok rows
+    preferred)."""
+    chosen: dict[tuple[str, str, int], RunRow] = {}
+    for r in rows:
+        key = (r.task, _name(r), r.seed)
+        if key not in chosen or (chosen[key].status != "ok" and r.status == "ok"):
+            chosen[key] = r
+    out: dict[tuple[str, str], list[RunRow]] = {}
+    for (task, name, _), r in sorted(chosen.items(), key=lambda kv: kv[0]):
+        out.setdefault((task, name), []).append(r)
+    return out
+
+
+class _Missing(Exception):
+    """A row a claim needs is missing or unusable (the message is the reason)."""
+
+
+def _ok_runs(runs, task: str, name: str) -> list[RunRow]:
+    rows = runs.get((task, name))
+    if not rows:
+        raise _Missing(f"{name} has no row for {task}")
+    ok = [r for r in rows if r.status == "ok"]
+    if not ok:
+        raise _Missing(f"{name}: {rows[0].status}: {rows[0].reason}")
+    return ok
+
+
+def _scores(rows: Sequence[RunRow], name: str) -> list[list[dict]]:
+    per_seed = [instance_rows(r) for r in rows]
+    if not all(per_seed):
+        raise _Missing(f"{name}: per-instance scores (scores.jsonl) are not available")
+    return per_seed  # type: ignore[return-value]
+
+
+def _seed_mean(rows: Sequence[RunRow]) -> float:
+    return float(np.mean([r.value for r in rows]))
+
+
+# -- per-instance quantities (reduction / speedup) ------------------------------------------------------------
+
+
+def _predictions(row: RunRow) -> dict[str, dict]:
+    path = Path(row.directory or "") / "predictions.jsonl"
+    try:
+        return {
+            rec["task_id"]: rec
+            for rec in (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        }
+    except (OSError, json.JSONDecodeError, KeyError):
+        raise _Missing(f"{_name(row)}: predictions.jsonl is not available") from None
+
+
+def _latencies(row: RunRow) -> list[float]:
+    file = (row.provenance or {}).get("latency_file")
+    if not file:
+        raise _Missing(f"{_name(row)}: no Table 8 server measurement")
+    try:
+        data = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise _Missing(f"{_name(row)}: latency file {file} is not available") from None
+    requests = data.get("requests", {}).get((row.provenance or {}).get("latency_row", _name(row)))
+    if not requests:
+        raise _Missing(f"{_name(row)}: the latency file holds no requests for it")
+    return [float(r["total_s"]) for r in requests]
+
+
+def _per_instance(rows: Sequence[RunRow], quantity: str) -> np.ndarray:
+    """Seed-averaged per-instance values of ``quantity`` (instances in the first seed's order)."""
+    if quantity == "latency_s":
+        return np.asarray(_latencies(rows[0]), dtype=float)  # measured once per row (first seed's adapter)
+    from promptintern.evaluation.cost import load_prices
+
+    prices = load_prices()
+    seeds = [_predictions(r) for r in rows]
+    ids = list(seeds[0])
+
+    def value(rec: dict) -> float:
+        if quantity == "input_tokens":
+            return float(rec["input_tokens"])
+        return prices.cost(COST_MODEL, float(rec["input_tokens_cl100k"]), float(rec["output_tokens_cl100k"]))
+
+    try:
+        return np.asarray([np.mean([value(s[i]) for s in seeds]) for i in ids], dtype=float)
+    except KeyError as exc:
+        raise _Missing(f"{_name(rows[0])}: predictions lack {exc}") from None
+
+
+def _ratio_interval(a: np.ndarray, b: np.ndarray, fn) -> tuple[float, float, float]:
+    n = min(len(a), len(b))
+    a, b = a[:n], b[:n]
+    rng = np.random.default_rng(0)
+    values = []
+    for _ in range(RESAMPLES):
+        idx = rng.integers(0, n, n)
+        values.append(fn(a[idx].mean(), b[idx].mean()))
+    return fn(a.mean(), b.mean()), float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
+
+
+# -- verdicts ---------------------------------------------------------------------------------------------
+
+
+def verdict(spec: ClaimSpec, lo: float, hi: float) -> str:
+    if spec.kind == "equivalent":
+        m = float(spec.margin or 0.0)
+        if -m <= lo and hi <= m:
+            return "reproduced"
+        return "contradicted" if hi < -m or lo > m else "inconclusive"
+    bar = spec.threshold if spec.kind in ("reduction", "speedup") else 0.0
+    if lo > bar:
+        return "reproduced"
+    return "contradicted" if hi < bar else "inconclusive"
+
+
+def evaluate_claim(spec: ClaimSpec, task: str, runs) -> dict[str, Any]:
+    """One claim on one task: the JSON record of the claims table."""
+    record: dict[str, Any] = {
+        "id": spec.id, "claim": spec.claim, "task": task, "kind": spec.kind, "a": spec.a,
+        "b": spec.b if isinstance(spec.b, str) else None, "diff": None, "ci_low": None, "ci_high": None,
+        "n_test": None, "seeds": None, "verdict": "not run", "reason": None, "primary": spec.primary,
+        "paper": spec.paper_for(task), "unit": None, "a_value": None, "b_value": None,
+    }  # fmt: skip
+    try:
+        a_rows = _ok_runs(runs, task, spec.a)
+        available = {}
+        for name in spec.candidates:
+            try:
+                available[name] = _ok_runs(runs, task, name)
+            except _Missing as exc:
+                if len(spec.candidates) == 1:
+                    raise
+                record.setdefault("skipped", []).append(str(exc))
+        if not available:
+            raise _Missing(f"none of {', '.join(spec.candidates)} has a result for {task}")
+        b_name = max(available, key=lambda n: _seed_mean(available[n]))
+        b_rows = available[b_name]
+        record["b"] = b_name
+        record["seeds"] = {"a": seeds_of(a_rows), "b": seeds_of(b_rows)}
+        if spec.kind in ("greater", "equivalent"):
+            metric = metric_for(task)
+            sa, sb = _scores(a_rows, spec.a), _scores(b_rows, b_name)
+            lo, hi = metric.seeded_interval(sa, sb, resamples=RESAMPLES)
+            a_value, b_value = _seed_mean(a_rows), _seed_mean(b_rows)
+            record |= {"diff": a_value - b_value, "n_test": len(sa[0]), "unit": metric.title,
+                       "a_value": a_value, "b_value": b_value}  # fmt: skip
+        else:
+            a_vals, b_vals = _per_instance(a_rows, spec.quantity), _per_instance(b_rows, spec.quantity)
+            if spec.kind == "reduction":
+                diff, lo, hi = _ratio_interval(a_vals, b_vals, lambda x, y: 100.0 * (1.0 - x / y))
+                unit = "% less"
+            else:
+                diff, lo, hi = _ratio_interval(a_vals, b_vals, lambda x, y: y / x)
+                unit = "x"
+            record |= {"diff": diff, "n_test": int(min(len(a_vals), len(b_vals))), "unit": unit,
+                       "a_value": float(a_vals.mean()), "b_value": float(b_vals.mean()),
+                       "quantity": spec.quantity, "threshold": spec.threshold}  # fmt: skip
+        record |= {"ci_low": lo, "ci_high": hi, "verdict": verdict(spec, lo, hi)}
+        if spec.kind == "equivalent":
+            record["margin"] = spec.margin
+            record["tokens_ratio"] = _tokens_ratio(b_rows, a_rows)
+    except _Missing as exc:
+        record["reason"] = str(exc)
+    return record
+
+
+def _tokens_ratio(b_rows: Sequence[RunRow], a_rows: Sequence[RunRow]) -> float | None:
+    a, b = a_rows[0].input_tokens_mean, b_rows[0].input_tokens_mean
+    return b / a if a and b else None
+
+
+def evaluate_claims(rows: Iterable[RunRow], tasks: Sequence[str], specs: Sequence[ClaimSpec] | None = None) -> list[dict]:
+    """Every claim on every task (``not run`` records included)."""
+    runs = runs_by_config(rows)
+    specs = load_claims() if specs is None else specs
+    return [evaluate_claim(spec, task, runs) for spec in specs for task in tasks]
+
+
+# -- rendering ---------------------------------------------------------------------------------------------
+
+
+def _ours(r: dict) -> str:
+    """The measured comparison of a record as cell text: ``+3.2 BLEU [-1.0, +7.4] (12.1 vs 8.9)``."""
+    lo, hi, unit = r["ci_low"], r["ci_high"], r.get("unit")
+    if unit == "x":
+        return f"{r['diff']:.2f}x [{lo:.2f}, {hi:.2f}]"
+    if unit == "% less":
+        return f"{r['diff']:.1f} % less [{lo:.1f}, {hi:.1f}]"
+    return f"{r['diff']:+.1f} {unit} [{lo:+.1f}, {hi:+.1f}] ({r['a_value']:.1f} vs {r['b_value']:.1f})"
+
+
+def render_markdown(records: Sequence[dict], title: str = "Claims") -> str:
+    lines = [
+        f"# {title}",
+        "",
+        "| claim | task | a | b | ours [95 % CI] | n | seeds a / b | verdict | paper |",
+        "| --- | --- | --- | --- | --- | ---: | --- | --- | --- |",
+    ]
+    notes: list[str] = []
+    for r in records:
+        if r["verdict"] == "not run":
+            reason = r["reason"] or ""
+            if reason not in notes:
+                notes.append(reason)
+            ours = f"— [{notes.index(reason) + 1}]"
+        else:
+            ours = _ours(r)
+        seeds = r.get("seeds") or {}
+        seed_text = " / ".join(",".join(map(str, seeds.get(k, []))) for k in ("a", "b")) if seeds else "—"
+        name = f"**({r['id']}) {r['claim']}**" if r["primary"] else f"({r['id']}) {r['claim']}"
+        lines.append(
+            f"| {name} | {r['task']} | {r['a']} | {r['b'] or '—'} | {ours} | {r['n_test'] or '—'} | {seed_text} "
+            f"| {r['verdict']} | {r['paper'] or '—'} |"
+        )
+    lines += [
+        "",
+        "Bold: the primary claims (a)–(c). Intervals: 95 % percentile bootstrap (2,000 resamples) over the test",
+        "instances, paired between a and b, and over the training seeds of rows trained with several. greater:",
+        "reproduced when the interval lies above 0, contradicted below 0, else inconclusive; equivalent: reproduced",
+        "within ± the margin; reduction / speedup: against the threshold. Against a list of rows (claim c), b is",
+        "the one with the best seed-averaged score.",
+    ]
+    if notes:
+        lines += ["", "Not run:", ""] + [f"{i}. {n}" for i, n in enumerate(notes, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def write_claims(records: Sequence[dict], out: str | Path, title: str = "Claims") -> list[Path]:
+    out = Path(out)
+    return [write_json(out / "claims.json", list(records)), atomic_write_text(out / "claims.md", render_markdown(records, title))]
+
+
+__all__ = ["ClaimSpec", "evaluate_claim", "evaluate_claims", "load_claims", "render_markdown", "verdict", "write_claims"]

@@ -1,0 +1,75 @@
+"""Rows of one configuration trained with several seeds: their per-instance scores and one combined row.
+
+The store holds one row per training seed (``seed`` is part of its key). A table cell or a claim shows the
+seed-averaged metric with an interval that resamples seeds and test instances
+(:meth:`promptintern.tasks.metrics.Metric.seeded_interval`), read from each run's ``scores.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from promptintern.harness.store import RunRow
+
+SCORES_FILE = "scores.jsonl"
+#: Numeric row fields averaged over seeds in a combined row (the rest are taken from the first seed's row).
+_AVERAGED = (
+    "input_tokens_mean", "output_tokens_mean", "tau_all", "compression_x", "tau_full", "rate_achieved",
+    "latency_s_mean", "ttft_s_mean", "tpot_s_mean", "latency_output_tokens_mean", "cost_usd_per_instance",
+    "input_tokens_cl100k_mean", "output_tokens_cl100k_mean", "cost_ft_gpt35_usd_per_instance",
+    "cost_ft_gpt4_usd_per_instance", "wall_s",
+)  # fmt: skip
+
+
+def instance_rows(row: RunRow) -> list[dict[str, Any]] | None:
+    """The per-instance scores of a stored row's run (``<directory>/scores.jsonl``), None when unavailable."""
+    if row.status != "ok" or not row.directory:
+        return None
+    path = Path(row.directory) / SCORES_FILE
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def metric_for(task: str):
+    """The task's metric object."""
+    from promptintern.tasks import get_task
+
+    return get_task(task).metric
+
+
+def seeds_of(rows: Sequence[RunRow]) -> list[int]:
+    return sorted({r.seed for r in rows})
+
+
+def combine(rows: Sequence[RunRow]) -> RunRow:
+    """One row for the ok rows of a configuration over seeds: the metric averaged over seeds, its interval
+    over seeds and instances (the stored per-seed interval when there is one seed; none when the seeds' records
+    are missing or cover different test instances), numeric columns averaged.
+    Rows that are not ok are ignored unless none is ok (then the first row is returned)."""
+    ok = sorted((r for r in rows if r.status == "ok"), key=lambda r: r.seed)
+    if not ok:
+        return rows[0]
+    if len(ok) == 1:
+        return ok[0]
+    first = ok[0]
+    out: dict[str, Any] = {}
+    for name in ("value", *_AVERAGED):
+        values = [getattr(r, name) for r in ok]
+        out[name] = None if any(v is None for v in values) else sum(values) / len(values)
+    out["ci_lo"] = out["ci_hi"] = None
+    per_seed = [instance_rows(r) for r in ok]
+    if all(p for p in per_seed):
+        try:
+            out["ci_lo"], out["ci_hi"] = metric_for(first.task).seeded_interval(per_seed)
+        except ValueError:  # the seeds were scored on different test instances: no paired interval
+            pass
+    return dataclasses.replace(first, **out)
+
+
+__all__ = ["combine", "instance_rows", "metric_for", "seeds_of"]

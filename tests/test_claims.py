@@ -1,0 +1,117 @@
+"""The claims table: seeded paired intervals, verdicts, best-of comparisons and ratio claims on synthetic runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from promptintern.evaluation.stats import seeded_ci
+from promptintern.harness.claims import ClaimSpec, evaluate_claims, load_claims, render_markdown, verdict
+from promptintern.harness.seeds import combine
+from promptintern.harness.store import RunRow
+from promptintern.tasks import get_task
+
+REFS = ["ls -l", "find . -name '*.py'", "du -sh .", "wc -l a.txt", "cat a | sort", "rm -rf tmp", "echo hi",
+        "grep -r foo .", "tar czf a.tgz a", "chmod +x run.sh"] * 3  # fmt: skip
+
+
+def _run(tmp_path, method, seed, predictions, *, value=None, variant="", tokens=None):
+    """A stored row for nl2bash whose directory holds scores.jsonl and predictions.jsonl."""
+    metric = get_task("nl2bash").metric
+    rows = [
+        {"id": str(i), "prediction": p, "reference": r, "sentence_bleu": 0.0}
+        for i, (p, r) in enumerate(zip(predictions, REFS, strict=True))
+    ]
+    for r in rows:
+        r["sentence_bleu"] = metric.scorer(sentence=True).sentence_score(r["prediction"], [r["reference"]]).score
+    folder = tmp_path / f"{method}-{variant}-{seed}"
+    folder.mkdir()
+    (folder / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tokens = tokens or [50] * len(rows)
+    preds = [{"task_id": r["id"], "input_tokens": t, "input_tokens_cl100k": t, "output_tokens_cl100k": 10}
+             for r, t in zip(rows, tokens, strict=True)]  # fmt: skip
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    score = metric.aggregate(rows)["bleu"] if value is None else value
+    return RunRow(table_id="2", method=method, variant=variant, task="nl2bash", model="m", profile="cpu",
+                  seed=seed, metric="bleu", value=score, n=len(rows), directory=str(folder),
+                  input_tokens_mean=float(np.mean(tokens)))  # fmt: skip
+
+
+def _noisy(k):
+    """References with every k-th answer wrong."""
+    return [("echo wrong" if i % k == 0 else r) for i, r in enumerate(REFS)]
+
+
+def test_seeded_interval_with_one_seed_each_is_the_paired_bootstrap_and_seeds_widen_it():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(50, 10, 60), rng.normal(45, 10, 60)
+    stat = lambda v: (lambda idx: float(v[idx].mean()))  # noqa: E731
+    lo, hi = seeded_ci([stat(a)], [stat(b)], n=60)
+    assert lo < a.mean() - b.mean() < hi
+    # a constant shift gives a zero-width interval; identical runs a zero difference
+    assert seeded_ci([stat(a + 5)], [stat(a)], n=60) == pytest.approx((5.0, 5.0))
+    assert seeded_ci([stat(a), stat(a)], [stat(a)], n=60) == pytest.approx((0.0, 0.0))
+    # two seeds that disagree by 8 points: the interval must cover the seed variation
+    lo2, hi2 = seeded_ci([stat(a - 4), stat(a + 4)], [stat(a)], n=60)
+    assert lo2 < -2 and hi2 > 2
+
+
+def test_bleu_statistic_on_a_subset_is_the_corpus_bleu_of_that_subset():
+    metric = get_task("nl2bash").metric
+    rows = [{"id": str(i), "prediction": p, "reference": r} for i, (p, r) in enumerate(zip(_noisy(3), REFS, strict=True))]
+    idx = np.array([0, 1, 1, 4, 7, 9, 12])
+    fast = metric.statistic(rows)(idx)
+    assert fast == pytest.approx(metric._corpus([rows[i] for i in idx])[0])
+
+
+def test_claims_verdicts_seeds_and_best_of(tmp_path):
+    good = [_run(tmp_path, "promptintern", s, REFS) for s in (0, 1)]  # perfect answers
+    bad = [_run(tmp_path, "ft-none", s, _noisy(2)) for s in (0, 1)]
+    tau = [_run(tmp_path, "promptintern", s, _noisy(5), variant="tau-0.3") for s in (0, 1)]
+    baselines = [_run(tmp_path, "llmlingua", 0, _noisy(2)), _run(tmp_path, "selective-context", 0, _noisy(4))]
+    gist = [RunRow(table_id="7", method="gist", task="nl2bash", model="m", profile="cpu", status="not run",
+                   reason="too slow")]  # fmt: skip
+    records = {r["id"]: r for r in evaluate_claims(good + bad + tau + baselines + gist, ["nl2bash"])}
+    a = records["a"]
+    assert a["verdict"] == "reproduced" and a["ci_low"] > 0 and a["seeds"] == {"a": [0, 1], "b": [0, 1]}
+    assert a["n_test"] == len(REFS) and a["diff"] == pytest.approx(good[0].value - bad[0].value)
+    assert a["primary"] and a["paper"] == "+7.3..11.3 BLEU"
+    c = records["c"]  # against the best of the baselines that ran: selective-context (fewer wrong answers)
+    assert c["b"] == "selective-context" and c["a"] == "promptintern/tau-0.3"
+    assert records["d"]["verdict"] == "not run" and "gist: not run: too slow" in records["d"]["reason"]
+    assert records["b"]["verdict"] == "not run" and "ft-compressed has no row" in records["b"]["reason"]
+    md = render_markdown(list(records.values()))
+    assert "**(a)" in md and "| reproduced |" in md and "Not run:" in md
+
+
+def test_equivalence_and_ratio_claims(tmp_path):
+    pi = _run(tmp_path, "promptintern", 0, _noisy(3), tokens=[50] * len(REFS))
+    same = _run(tmp_path, "ft-compressed", 0, _noisy(3), tokens=[600] * len(REFS))
+    full = _run(tmp_path, "ft-full", 0, _noisy(3), tokens=[1000] * len(REFS))
+    records = {r["id"]: r for r in evaluate_claims([pi, same, full], ["nl2bash"])}
+    b = records["b"]
+    assert b["verdict"] == "reproduced" and b["ci_low"] == b["ci_high"] == 0.0 and b["tokens_ratio"] == 12.0
+    h1 = records["h1"]
+    assert h1["verdict"] == "reproduced" and h1["diff"] == pytest.approx(95.0) and h1["unit"] == "% less"
+    assert records["h2"]["verdict"] == "not run" and "Table 8" in records["h2"]["reason"]
+    assert records["h3"]["verdict"] == "reproduced" and records["h3"]["diff"] > 0
+
+
+def test_verdict_rules():
+    greater = ClaimSpec(id="x", claim="a > b", kind="greater", a="p", b="q")
+    assert [verdict(greater, *ci) for ci in ((1, 3), (-3, -1), (-1, 3))] == ["reproduced", "contradicted", "inconclusive"]
+    eq = ClaimSpec(id="y", claim="a ≈ b", kind="equivalent", a="p", b="q", margin=5)
+    assert [verdict(eq, *ci) for ci in ((-2, 3), (6, 9), (-4, 7))] == ["reproduced", "contradicted", "inconclusive"]
+    with pytest.raises(ValueError, match="margin"):
+        ClaimSpec(id="z", claim="", kind="equivalent", a="p", b="q")
+    assert [c.id for c in load_claims()][:3] == ["a", "b", "c"] and all(c.primary for c in load_claims()[:3])
+
+
+def test_combine_averages_seeds_and_resamples_them(tmp_path):
+    rows = [_run(tmp_path, "promptintern", 0, REFS), _run(tmp_path, "promptintern", 1, _noisy(2))]
+    cell = combine(rows)
+    assert cell.value == pytest.approx((rows[0].value + rows[1].value) / 2)
+    assert cell.ci_lo < rows[1].value + 1 and cell.ci_hi > rows[0].value - 1  # the seed spread is inside
+    assert combine(rows[:1]) is rows[0]
