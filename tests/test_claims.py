@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -81,9 +82,9 @@ def test_claims_verdicts_seeds_and_best_of(tmp_path):
     c = records["c"]  # against the best of the baselines that ran: selective-context (fewer wrong answers)
     assert c["b"] == "selective-context" and c["a"] == "promptintern/tau-0.3"
     assert records["d"]["verdict"] == "not run" and "gist: not run: too slow" in records["d"]["reason"]
-    assert records["b"]["verdict"] == "not run" and "ft-compressed has no row" in records["b"]["reason"]
+    assert records["b"]["verdict"] == "not run" and records["b"]["reason"] == "ft-compressed: no row for nl2bash"
     md = render_markdown(list(records.values()))
-    assert "**(a)" in md and "| reproduced |" in md and "Not run:" in md
+    assert "**(a)" in md and "| reproduced |" in md and "Not run:" in md and "(ft-compressed)" in md
 
 
 def test_equivalence_and_ratio_claims(tmp_path):
@@ -97,6 +98,15 @@ def test_equivalence_and_ratio_claims(tmp_path):
     assert h1["verdict"] == "reproduced" and h1["diff"] == pytest.approx(95.0) and h1["unit"] == "% less"
     assert records["h2"]["verdict"] == "not run" and "Table 8" in records["h2"]["reason"]
     assert records["h3"]["verdict"] == "reproduced" and records["h3"]["diff"] > 0
+
+    # Table 8's copy of a row holds the server measurement: the speedup claim finds it among the tables' copies
+    latency = tmp_path / "latency.json"
+    latency.write_text(json.dumps({"requests": {"promptintern": [{"total_s": t} for t in (0.5, 0.6, 0.4)],
+                                                "ft-full": [{"total_s": t} for t in (2.0, 2.4, 1.6)]}}))  # fmt: skip
+    measured = [dataclasses.replace(r, table_id="8", provenance={"latency_file": str(latency), "latency_row": r.method})
+                for r in (pi, full)]  # fmt: skip
+    h2 = {r["id"]: r for r in evaluate_claims([pi, same, full, *measured], ["nl2bash"])}["h2"]
+    assert h2["verdict"] == "reproduced" and h2["diff"] == pytest.approx(4.0) and h2["n_test"] == 3
 
 
 def test_verdict_rules():
@@ -115,3 +125,11 @@ def test_combine_averages_seeds_and_resamples_them(tmp_path):
     assert cell.value == pytest.approx((rows[0].value + rows[1].value) / 2)
     assert cell.ci_lo < rows[1].value + 1 and cell.ci_hi > rows[0].value - 1  # the seed spread is inside
     assert combine(rows[:1]) is rows[0]
+
+
+def test_combine_takes_the_server_latency_of_the_measured_seed(tmp_path):
+    measured = dataclasses.replace(_run(tmp_path, "promptintern", 0, REFS), latency_s_mean=0.5, ttft_s_mean=0.1,
+                                   tpot_s_mean=0.01, latency_source="server")  # fmt: skip
+    other = dataclasses.replace(_run(tmp_path, "promptintern", 1, REFS), latency_s_mean=3.0)  # harness timing
+    cell = combine([measured, other])
+    assert (cell.latency_s_mean, cell.ttft_s_mean, cell.latency_source) == (0.5, 0.1, "server")

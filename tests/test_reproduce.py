@@ -241,7 +241,8 @@ def test_seeded_rows_claims_export_and_rebuild_from_results(tmp_path, tiny_model
     assert ft[0].directory != ft[1].directory and ft[0].settings_key != ft[1].settings_key
     claims = json.loads((out / "claims.json").read_text())
     assert {c["id"] for c in claims} >= {"a", "b", "c", "h1"} and all(c["verdict"] == "not run" for c in claims)
-    assert "promptintern has no row for nl2f" in (out / "claims.md").read_text()
+    md = (out / "claims.md").read_text()
+    assert "— [1] (promptintern)" in md and "1. no row for nl2f" in md
     exported = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     assert len(exported) == 3 and all(not e["directory"].startswith("/") for e in exported)
     for e in exported:

@@ -103,11 +103,15 @@ def _name(row: RunRow) -> str:
 
 def runs_by_config(rows: Iterable[RunRow]) -> dict[tuple[str, str], list[RunRow]]:
     """(task, method[/variant]) -> one row per seed (rows shown in several tables counted once; ok rows
-    preferred)."""
+    preferred, and among them Table 8's, which also holds the latency measurement)."""
     chosen: dict[tuple[str, str, int], RunRow] = {}
+
+    def rank(r: RunRow) -> tuple[bool, bool]:  # ok first, then the copy that holds Table 8's measurement
+        return (r.status == "ok", bool((r.provenance or {}).get("latency_file")))
+
     for r in rows:
         key = (r.task, _name(r), r.seed)
-        if key not in chosen or (chosen[key].status != "ok" and r.status == "ok"):
+        if key not in chosen or rank(r) > rank(chosen[key]):
             chosen[key] = r
     out: dict[tuple[str, str], list[RunRow]] = {}
     for (task, name, _), r in sorted(chosen.items(), key=lambda kv: kv[0]):
@@ -116,23 +120,27 @@ def runs_by_config(rows: Iterable[RunRow]) -> dict[tuple[str, str], list[RunRow]
 
 
 class _Missing(Exception):
-    """A row a claim needs is missing or unusable (the message is the reason)."""
+    """A row a claim needs is missing or unusable: ``row`` names it, ``why`` says what is wrong."""
+
+    def __init__(self, row: str, why: str) -> None:
+        super().__init__(f"{row}: {why}")
+        self.row, self.why = row, why
 
 
 def _ok_runs(runs, task: str, name: str) -> list[RunRow]:
     rows = runs.get((task, name))
     if not rows:
-        raise _Missing(f"{name} has no row for {task}")
+        raise _Missing(name, f"no row for {task}")
     ok = [r for r in rows if r.status == "ok"]
     if not ok:
-        raise _Missing(f"{name}: {rows[0].status}: {rows[0].reason}")
+        raise _Missing(name, f"{rows[0].status}: {rows[0].reason}")
     return ok
 
 
 def _scores(rows: Sequence[RunRow], name: str) -> list[list[dict]]:
     per_seed = [instance_rows(r) for r in rows]
     if not all(per_seed):
-        raise _Missing(f"{name}: per-instance scores (scores.jsonl) are not available")
+        raise _Missing(name, "per-instance scores (scores.jsonl) are not available")
     return per_seed  # type: ignore[return-value]
 
 
@@ -151,20 +159,20 @@ def _predictions(row: RunRow) -> dict[str, dict]:
             for rec in (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
         }
     except (OSError, json.JSONDecodeError, KeyError):
-        raise _Missing(f"{_name(row)}: predictions.jsonl is not available") from None
+        raise _Missing(_name(row), "predictions.jsonl is not available") from None
 
 
 def _latencies(row: RunRow) -> list[float]:
     file = (row.provenance or {}).get("latency_file")
     if not file:
-        raise _Missing(f"{_name(row)}: no Table 8 server measurement")
+        raise _Missing(_name(row), "no Table 8 server measurement")
     try:
         data = json.loads(Path(file).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        raise _Missing(f"{_name(row)}: latency file {file} is not available") from None
+        raise _Missing(_name(row), f"latency file {file} is not available") from None
     requests = data.get("requests", {}).get((row.provenance or {}).get("latency_row", _name(row)))
     if not requests:
-        raise _Missing(f"{_name(row)}: the latency file holds no requests for it")
+        raise _Missing(_name(row), "the latency file holds no requests for it")
     return [float(r["total_s"]) for r in requests]
 
 
@@ -186,7 +194,7 @@ def _per_instance(rows: Sequence[RunRow], quantity: str) -> np.ndarray:
     try:
         return np.asarray([np.mean([value(s[i]) for s in seeds]) for i in ids], dtype=float)
     except KeyError as exc:
-        raise _Missing(f"{_name(rows[0])}: predictions lack {exc}") from None
+        raise _Missing(_name(rows[0]), f"predictions lack {exc}") from None
 
 
 def _ratio_interval(a: np.ndarray, b: np.ndarray, fn) -> tuple[float, float, float]:
@@ -234,7 +242,7 @@ def evaluate_claim(spec: ClaimSpec, task: str, runs) -> dict[str, Any]:
                     raise
                 record.setdefault("skipped", []).append(str(exc))
         if not available:
-            raise _Missing(f"none of {', '.join(spec.candidates)} has a result for {task}")
+            raise _Missing(" / ".join(spec.candidates), f"none has a result for {task}")
         b_name = max(available, key=lambda n: _seed_mean(available[n]))
         b_rows = available[b_name]
         record["b"] = b_name
@@ -262,7 +270,7 @@ def evaluate_claim(spec: ClaimSpec, task: str, runs) -> dict[str, Any]:
             record["margin"] = spec.margin
             record["tokens_ratio"] = _tokens_ratio(b_rows, a_rows)
     except _Missing as exc:
-        record["reason"] = str(exc)
+        record["reason"], record["missing_row"], record["missing_why"] = str(exc), exc.row, exc.why
     return record
 
 
@@ -301,10 +309,10 @@ def render_markdown(records: Sequence[dict], title: str = "Claims") -> str:
     notes: list[str] = []
     for r in records:
         if r["verdict"] == "not run":
-            reason = r["reason"] or ""
+            reason = r.get("missing_why") or r["reason"] or ""
             if reason not in notes:
                 notes.append(reason)
-            ours = f"— [{notes.index(reason) + 1}]"
+            ours = f"— [{notes.index(reason) + 1}] ({r.get('missing_row') or '?'})"
         else:
             ours = _ours(r)
         seeds = r.get("seeds") or {}

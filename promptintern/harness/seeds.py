@@ -16,10 +16,12 @@ from typing import Any
 from promptintern.harness.store import RunRow
 
 SCORES_FILE = "scores.jsonl"
+#: Table 8's server measurement: taken whole from the seed that was measured (one per configuration).
+_LATENCY = ("latency_s_mean", "ttft_s_mean", "tpot_s_mean", "latency_output_tokens_mean", "latency_n", "latency_source")
 #: Numeric row fields averaged over seeds in a combined row (the rest are taken from the first seed's row).
 _AVERAGED = (
     "input_tokens_mean", "output_tokens_mean", "tau_all", "compression_x", "tau_full", "rate_achieved",
-    "latency_s_mean", "ttft_s_mean", "tpot_s_mean", "latency_output_tokens_mean", "cost_usd_per_instance",
+    "latency_s_mean", "cost_usd_per_instance",
     "input_tokens_cl100k_mean", "output_tokens_cl100k_mean", "cost_ft_gpt35_usd_per_instance",
     "cost_ft_gpt4_usd_per_instance", "wall_s",
 )  # fmt: skip
@@ -50,7 +52,8 @@ def seeds_of(rows: Sequence[RunRow]) -> list[int]:
 def combine(rows: Sequence[RunRow]) -> RunRow:
     """One row for the ok rows of a configuration over seeds: the metric averaged over seeds, its interval
     over seeds and instances (the stored per-seed interval when there is one seed; none when the seeds' records
-    are missing or cover different test instances), numeric columns averaged.
+    are missing or cover different test instances), numeric columns averaged, except Table 8's latency, which
+    comes whole from the seed measured through the server.
     Rows that are not ok are ignored unless none is ok (then the first row is returned)."""
     ok = sorted((r for r in rows if r.status == "ok"), key=lambda r: r.seed)
     if not ok:
@@ -62,6 +65,9 @@ def combine(rows: Sequence[RunRow]) -> RunRow:
     for name in ("value", *_AVERAGED):
         values = [getattr(r, name) for r in ok]
         out[name] = None if any(v is None for v in values) else sum(values) / len(values)
+    measured = next((r for r in ok if r.latency_source == "server"), None)
+    if measured is not None:  # never average a server measurement with another seed's harness timing
+        out |= {name: getattr(measured, name) for name in _LATENCY}
     out["ci_lo"] = out["ci_hi"] = None
     per_seed = [instance_rows(r) for r in ok]
     if all(p for p in per_seed):
