@@ -379,7 +379,8 @@ def _render(store: ResultsStore, specs, out: Path, base: Profile, model: str, co
     paths = render_all(store, specs, out, profile=base.name, model=model, command=command)
     rows = [r for spec in specs for r in _cells(spec, store.rows(spec.id, base.name, model=model))]
     paths += plots.render_plots(rows, base, out)
-    tasks = sorted({r.task for r in rows}, key=lambda t: next(i for i, r in enumerate(rows) if r.task == t))
+    present = {r.task for r in rows}
+    tasks = [t for t in dict.fromkeys(t for spec in specs for t in spec.tasks) if t in present]  # the tables' order
     paths += write_claims(evaluate_claims(rows, tasks), out, title=f"Claims of the paper on the {base.name} profile")
     paths += export_runs(rows, out)
     return paths, rows
