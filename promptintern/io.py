@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +43,24 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, old + line + "\n")
 
 
-def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Copy ``src`` to ``dst`` atomically."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+def atomic_write_with(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Atomically create ``path`` with ``write(temporary_path)`` (e.g. ``torch.save``, a copy)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        write(tmp)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return dst
+    return path
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy ``src`` to ``dst`` atomically."""
+    return atomic_write_with(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

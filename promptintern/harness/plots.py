@@ -40,23 +40,28 @@ def _pyplot():
     return plt
 
 
+def _finish_tokens_plot(plt, fig, ax, path, *, title: str, ylabel: str, legend: str | None) -> Path:
+    """Log x axis of mean input tokens, labels, grid, optional legend; the figure saved and closed."""
+    ax.set_xscale("log")
+    ax.set_xlabel("mean input tokens per instance (log)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if legend:
+        ax.legend(loc=legend, fontsize=8)
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
 def _save(fig, path: Path) -> Path:
     """Render ``fig`` to PNG bytes, then replace ``path`` atomically."""
-    import os
-    import tempfile
+    from promptintern.io import atomic_write_with
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -90,17 +95,9 @@ def pareto_plot(rows: Sequence[RunRow], task: str, path: str | Path) -> Path | N
         ax.annotate(", ".join(names), xy, fontsize=7, xytext=(4, 3), textcoords="offset points")
     front = pareto_front(list(zip(xs, ys, strict=True)))
     ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:red", label="Pareto front")
-    ax.set_xscale("log")
     metric = next(iter(points.values())).metric or "metric"
-    ax.set_xlabel("mean input tokens per instance (log)")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{task}: {metric} vs input tokens ({next(iter(points.values())).profile})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    try:
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    title = f"{task}: {metric} vs input tokens ({next(iter(points.values())).profile})"
+    return _finish_tokens_plot(plt, fig, ax, path, title=title, ylabel=metric, legend="lower right")
 
 
 def combine_seeds(rows: Sequence[RunRow]) -> list[RunRow]:
@@ -173,16 +170,9 @@ def accuracy_plot(rows: Sequence[RunRow], task: str, path: str | Path) -> Path |
             )
     ax.scatter([r.input_tokens_mean for r in points], [r.value for r in points], color="tab:blue", zorder=3)
     _label_points(ax, [(r.input_tokens_mean, r.value, _name(r)) for r in points])
-    ax.set_xscale("log")
     metric = points[0].metric or "metric"
-    ax.set_xlabel("mean input tokens per instance (log)")
-    ax.set_ylabel(f"{metric} (95 % interval)")
-    ax.set_title(f"{task}: {metric} vs input tokens ({points[0].profile})")
-    ax.grid(True, which="both", alpha=0.3)
-    try:
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    title = f"{task}: {metric} vs input tokens ({points[0].profile})"
+    return _finish_tokens_plot(plt, fig, ax, path, title=title, ylabel=f"{metric} (95 % interval)", legend=None)
 
 
 def latency_plot(rows: Sequence[RunRow], task: str, path: str | Path) -> Path | None:
@@ -203,16 +193,8 @@ def latency_plot(rows: Sequence[RunRow], task: str, path: str | Path) -> Path | 
         for r in ttft:
             ax.plot([r.input_tokens_mean] * 2, [r.ttft_s_mean, r.latency_s_mean], color="tab:gray", alpha=0.4)
     _label_points(ax, [(r.input_tokens_mean, r.latency_s_mean, _name(r)) for r in points])
-    ax.set_xscale("log")
-    ax.set_xlabel("mean input tokens per instance (log)")
-    ax.set_ylabel("seconds per request")
-    ax.set_title(f"{task}: latency vs input tokens ({points[0].profile})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    try:
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    title = f"{task}: latency vs input tokens ({points[0].profile})"
+    return _finish_tokens_plot(plt, fig, ax, path, title=title, ylabel="seconds per request", legend="upper left")
 
 
 def render_accuracy_latency(rows: Sequence[RunRow], out: str | Path) -> list[Path]:

@@ -34,8 +34,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from promptintern import keys
+from promptintern.io import atomic_write_with
 from promptintern.methods.stages import TrainExample
 from promptintern.paths import cache_dir
 from promptintern.serving.models import load_tokenizer
@@ -203,14 +202,7 @@ def _save(path: Path, key: str, targets: Mapping[str, Targets]) -> None:
         "logprobs": torch.cat([t.logprobs for t in values]),
         "rest": torch.cat([t.rest for t in values]),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_with(path, lambda tmp: torch.save(data, tmp))
 
 
 def _load(path: Path, key: str) -> dict[str, Targets] | None:
