@@ -110,3 +110,15 @@ def tiny_bert_dir(tmp_path_factory):
     BertForTokenClassification(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matmuls run fastest (and least disturbed by a busy machine) on one thread; restored afterwards.
+    Modules of tiny training runs use it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -41,12 +41,7 @@ SHOTS = ("Q: 1 plus 2\nA: 3", "Q: 4 plus 4\nA: 8")
 G = 9  # gist id in the hand-written masks
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_tokenizer():
@@ -382,13 +377,20 @@ def reference_decode(model, tok, prompt: Prompt, num_gist: int, max_new_tokens: 
     return new
 
 
+def sharp_gist_model(attn: str):
+    """A tiny model with the gist token, weights drawn 10x larger than the usual init: attention is sharp, so a
+    wrong position or a leaked prefix changes the greedy tokens."""
+    tok = tiny_tokenizer()
+    model = tiny_llama(tok, attn=attn, initializer_range=0.2)
+    add_gist_token(model, tok)
+    return tok, model
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_cached_gists_equal_masked_full_sequence(attn):
     """Same tokens from the gist cache as from the masked full sequence. Weights drawn 10x larger than the usual
     init so that attention is sharp: a wrong position or a leaked prefix then changes the greedy tokens."""
-    tok = tiny_tokenizer()
-    model = tiny_llama(tok, attn=attn, initializer_range=0.2)
-    add_gist_token(model, tok)
+    tok, model = sharp_gist_model(attn)
     template = dict(instruction=INSTRUCTION, documents=DOCUMENT, examples=SHOTS)
     prompts = [
         Prompt(query="Q: 2 plus 3", **template),
@@ -468,9 +470,7 @@ def test_embedded_model_gist_cache_matches_masked_sequence(tmp_path_factory):
 def test_batched_gist_decoding_gives_the_one_at_a_time_answers(attn):
     """Left-padded queries of different lengths, each row on its own gist KV and positions: the same greedy
     tokens as decoding one prompt at a time (stop strings and early ends per row included)."""
-    tok = tiny_tokenizer()
-    model = tiny_llama(tok, attn=attn, initializer_range=0.2)
-    add_gist_token(model, tok)
+    tok, model = sharp_gist_model(attn)
     template = dict(instruction=INSTRUCTION, documents=DOCUMENT, examples=SHOTS)
     prompts = [
         Prompt(query="Q: 2 plus 3", **template),

@@ -68,13 +68,7 @@ def adapter_tensors(path: Path) -> dict:
     return load_file(str(path / "adapter_model.safetensors"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls run fastest (and least disturbed by a busy machine) on one thread; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

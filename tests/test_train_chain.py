@@ -10,10 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from test_train import _one_thread, make_config, make_stages  # noqa: E402, F401 (autouse fixture)
+from test_train import make_config, make_stages  # noqa: E402
 
 from promptintern.training.chain import plan_stages, stage_steps  # noqa: E402
 from promptintern.training.trainer import DONE, train_progressive  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _lrs(stage_dir) -> list[float]:

@@ -105,13 +105,7 @@ def combine_seeds(rows: Sequence[RunRow]) -> list[RunRow]:
     groups: dict[tuple[str, str, str, str], list[RunRow]] = {}
     for r in rows:
         groups.setdefault((r.table_id, r.method, r.variant, r.task), []).append(r)
-    out = []
-    for group in groups.values():
-        try:
-            out.append(combine(group))
-        except ValueError:  # seeds scored on different test instances: the lowest seed's row
-            out.append(min(group, key=lambda r: (r.status != "ok", r.seed)))
-    return out
+    return [combine(group) for group in groups.values()]
 
 
 def _table_order(table_id: str) -> tuple[int, str]:

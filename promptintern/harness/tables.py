@@ -281,13 +281,7 @@ class _Cell:
         self.seeds = seeds_of(ok or self.rows)
         #: Rows of seeds that did not run next to ok ones (their value is left out of the mean).
         self.not_ok = [r for r in self.rows if r.status != "ok"] if ok else []
-        #: Why the seeds' rows were not combined (then the lowest ok seed's row is shown).
-        self.uncombined: str | None = None
-        try:
-            self.row = _combine(self.rows) if len(ok) > 1 else combine(self.rows)
-        except ValueError as exc:  # e.g. seeds scored on different test instances
-            self.row, self.seeds = ok[0], [ok[0].seed]
-            self.uncombined = f"seeds {_seed_list(seeds_of(ok))} not combined ({exc}); seed {ok[0].seed} shown"
+        self.row = _combine(self.rows) if len(ok) > 1 else combine(self.rows)
 
 
 def _combine(rows: Sequence[RunRow]) -> RunRow:
@@ -380,8 +374,6 @@ class _Grid:
         mark = (marks or {}).get(tuple(cell.seeds), "")
         for other in cell.not_ok:
             mark += notes.mark(f"{other.status} (seed {other.seed}): {other.reason}")
-        if cell.uncombined:
-            mark += notes.mark(cell.uncombined)
         if self.spec.layout == "latency":
             speed = self.speedup(ok)
             cost = ok.cost_ft_gpt35_usd_per_instance
@@ -567,8 +559,6 @@ def records(spec: TableSpec, rows: Sequence[RunRow]) -> list[dict[str, Any]]:
                 extra["seeds_not_ok"] = [
                     {"seed": o.seed, "status": o.status, "reason": o.reason} for o in cell.not_ok
                 ]
-            if cell.uncombined:
-                extra["seeds_not_combined"] = cell.uncombined
             out.append(
                 base
                 | {"seeds": list(cell.seeds)}
