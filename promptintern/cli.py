@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
 # llama.cpp (the llamacpp backend, in this process) and torch share OpenMP; spinning worker threads made
@@ -12,13 +13,108 @@ from pathlib import Path
 # caller exported wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import click  # noqa: E402
 import typer  # noqa: E402
+import typer._click.exceptions as typer_click  # noqa: E402 (typer 0.29 raises its own copy of click's exceptions)
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup, TyperOption
 
+from promptintern.errors import DEBUG_ENV, UserError, check_input_file, check_output_file, report
 from promptintern.tasks import get_task, task_names
 
-app = typer.Typer(help="PromptIntern reproducibility suite.", no_args_is_help=True, add_completion=False)
+
+def _plain_switches() -> None:
+    """typer 0.29 shows ``<bool>`` beside every flag in ``--help``, as if ``--json true`` were accepted; show
+    switches (``--json``, ``--oracle``, ``--help``, ...) with no value type, as the switches they are."""
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "plain_switches", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_bool_flag", False) else shown(self, ctx)
+
+    display_type_rich.plain_switches = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_plain_switches()
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's to fix: printed as one ``error:`` line, exit status 2."""
+    from promptintern.baselines import BaselineUnavailable
+    from promptintern.serving.models import ModelNotFoundError
+    from promptintern.tasks.fetch import FetchError
+
+    return (
+        UserError,
+        FetchError,
+        ModelNotFoundError,
+        BaselineUnavailable,
+        ValueError,
+        FileNotFoundError,  # DataNotFoundError included
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+        FileExistsError,
+    )
+
+
+def _usage_message(exc: Exception) -> str:
+    text = " ".join(exc.format_message().split()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, (typer_click.UsageError, click.UsageError)) and ctx is not None:
+        text += f" (see '{ctx.command_path} --help')"
+    return text
+
+
+def _wants_json(argv: list[str]) -> bool:
+    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
+
+
+class CliGroup(TyperGroup):
+    """The root command: every error is one plain ``error: ...`` line on stderr (and ``{"error": ...}`` on
+    stdout with ``--json``), usage errors included; user errors exit with 2, a traceback only with
+    ``--debug`` / ``$PROMPTINTERN_DEBUG=1``. Unexpected exceptions (bugs) keep their traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = _wants_json(argv)
+        debug_before = os.environ.get(DEBUG_ENV)
+        try:
+            try:
+                rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+                code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+            except (typer_click.NoArgsIsHelpError, click.exceptions.NoArgsIsHelpError):
+                code = 2  # the help is already printed
+            except (typer_click.ClickException, click.ClickException) as exc:
+                report(_usage_message(exc), as_json=as_json)
+                code = exc.exit_code
+            except (typer.Abort, click.Abort):
+                report("aborted", as_json=as_json)
+                code = 1
+            except _user_errors() as exc:
+                report(exc, as_json=as_json)
+                code = 2
+        finally:  # --debug exported it for child processes; an in-process caller (a test) gets it back
+            if debug_before is None:
+                os.environ.pop(DEBUG_ENV, None)
+            else:
+                os.environ[DEBUG_ENV] = debug_before
+        sys.exit(code)
+
+
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(
+    cls=CliGroup,
+    help="PromptIntern reproducibility suite.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings=HELP_OPTIONS,
+)
 data_app = typer.Typer(help="Datasets: statistics and download.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console(stderr=True)
@@ -44,6 +140,21 @@ def _task_option() -> str:
     return typer.Option(..., "--task", "-t", help=TASK_HELP)
 
 
+def _version() -> str:
+    try:
+        return metadata.version("promptintern")
+    except metadata.PackageNotFoundError:  # a source tree that is not installed
+        from promptintern import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"promptintern {_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     include_path: list[Path] = typer.Option(
@@ -52,13 +163,24 @@ def _main(
         help="Register every task folder (a folder with task.yaml) under DIR; repeatable. "
         "Also read from $PROMPTINTERN_INCLUDE_PATH.",
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show library warnings and logs on stderr (else they go to a log file)."
+    ),
+    debug: bool = typer.Option(
+        False, "--debug", help=f"Print the traceback of an error (also ${DEBUG_ENV}=1)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+    ),
 ) -> None:
     """PromptIntern reproducibility suite."""
-    import os
-
+    from promptintern import logs
     from promptintern.tasks import INCLUDE_ENV
     from promptintern.tasks import include_path as register_under
 
+    if debug:  # child processes (reproduce workers, lm-eval) show tracebacks too
+        os.environ[DEBUG_ENV] = "1"
+    logs.configure(verbose=verbose)
     for directory in include_path or ():
         register_under(directory)
     if include_path:  # child processes (reproduce workers, lm-eval) see the same tasks
@@ -90,7 +212,7 @@ def data_fetch(
     dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Datasets to fetch (default: all)."),
     mirror: str | None = typer.Option(None, help="Base URL laid out as <mirror>/<dataset>/<file>."),
     dest: Path | None = typer.Option(None, help="Target root (default: the user data cache)."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Download datasets from their public sources (or a mirror), verifying sha256."""
     from rich.progress import Progress
@@ -127,25 +249,25 @@ def eval_cmd(
     ),
     workers: int | None = typer.Option(None, help="Parallel MBPP executions."),
     out: Path | None = typer.Option(None, help="Write per-instance rows as JSONL here."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Score predictions (or the references with --oracle) on a split."""
-    from promptintern.evaluation.predictions import PredictionsError, write_jsonl
+    from promptintern.evaluation.predictions import write_jsonl
     from promptintern.evaluation.scoring import evaluate, failures, load_predictions, oracle_predictions
 
     if oracle == (predictions is not None):
         raise typer.BadParameter("give exactly one of --predictions FILE or --oracle")
+    if predictions is not None:
+        check_input_file(predictions, "predictions file", "--predictions")
+    if out is not None:  # before scoring (minutes for MBPP), not after
+        check_output_file(out, "--out")
     task = get_task(task_name)
     instances = task.load(split)  # read once: validation and scoring share it
-    try:
-        preds = (
-            oracle_predictions(instances)
-            if oracle
-            else load_predictions(task, instances, predictions, extract=extract, partial=partial)
-        )
-    except PredictionsError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+    preds = (  # a PredictionsError (every problem of the file) exits with 2
+        oracle_predictions(instances)
+        if oracle
+        else load_predictions(task, instances, predictions, extract=extract, partial=partial)
+    )
     backend = "subprocess" if unsafe_no_sandbox else sandbox
     score = evaluate(
         task,
@@ -311,7 +433,7 @@ def run_cmd(
         "ft:gpt-3.5-turbo", "--price-model", help="Model whose prices.yaml price bills the cl100k tokens."
     ),
     prices: Path | None = typer.Option(None, "--prices", help="A price file merged over prices.yaml."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Train, generate and score one experiment; every finished step is reused on a rerun."""
     exp = _experiment(task_name, method, profile, model, backend_override=backend)
@@ -368,7 +490,7 @@ def tokens_cmd(
     template: str | None = typer.Option(
         None, "--template", help="Template variant: paper or extended (default: the profile's)."
     ),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Mean input tokens over the whole test split per prompt configuration, with the model's tokenizer.
 
@@ -437,31 +559,22 @@ def show_prompts_cmd(
 
 
 from promptintern.harness.lm_eval_cli import lm_eval_cmd  # noqa: E402 (imports lm_eval only when run)
+from promptintern.harness.plan import plan_cmd  # noqa: E402
 from promptintern.harness.reproduce import reproduce_cmd  # noqa: E402
 from promptintern.harness.submit_cli import data_export_cmd, leaderboard_cmd, submit_cmd  # noqa: E402
 
 app.command("lm-eval")(lm_eval_cmd)
 app.command("reproduce")(reproduce_cmd)
+app.command("plan")(plan_cmd)
 app.command("submit")(submit_cmd)
 app.command("leaderboard")(leaderboard_cmd)
 data_app.command("export")(data_export_cmd)
 
 
 def main() -> None:
+    """The ``promptintern`` console script (errors: see :class:`CliGroup`)."""
     _mount_sandbox()
-    try:
-        app()
-    except Exception as exc:  # user-facing errors: one clear line, non-zero exit
-        from promptintern.baselines import BaselineUnavailable
-        from promptintern.paths import DataNotFoundError
-        from promptintern.serving.models import ModelNotFoundError
-        from promptintern.tasks.fetch import FetchError
-
-        known = (FetchError, ModelNotFoundError, DataNotFoundError, BaselineUnavailable, ValueError)
-        if isinstance(exc, known):
-            typer.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        raise
+    typer.main.get_command(app).main(prog_name="promptintern")
 
 
 if __name__ == "__main__":

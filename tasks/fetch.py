@@ -4,6 +4,23 @@ Each file listed in ``data_manifest.yaml`` is downloaded (streamed to a temp fil
 into place) to the fetched-data root, which the loaders search after ``$PROMPTINTERN_DATA`` and
 ``../shared/data``. ``mirror`` replaces every source by ``<mirror>/<dataset>/<path>``; files without a
 public URL (the restored Spider copy) can only come from a mirror.
+
+Where the files come from (the URLs are in ``data_manifest.yaml``, each at a pinned commit). The sha256 of
+each file is that of the copy under ``../shared/data`` that the suite was built and measured on, so a URL
+must serve exactly those bytes:
+
+- NL2Bash (``all.nl``, ``all.cm``, ``random_tokens.txt``): the original repository, TellinaTool/nl2bash at
+  commit 466c5fe8, ``data/bash/``.
+- MBPP (``mbpp.jsonl``): a third-party copy, not the original location. The original release is
+  google-research/google-research, ``mbpp/mbpp.jsonl``. The suite's copy was taken from the GitHub
+  repository muitiiifruckt/ASE, which vendors the file, at commit 83fa3f79
+  (``../shared/data/mbpp/SOURCE.md``), and the pinned sha256 is that copy's. The original file is not
+  byte-identical to it: google-research at commit 2251e8c6 has LF line endings where the copy has CRLF, and
+  about 200 further characters differ, which were not traced. So the original cannot pass the sha256 check,
+  and the URL is the fork, which serves the pinned bytes.
+- Spider (``dev.json``, ``tables.json``, ``database/*/*.sqlite``, ``README.md``): a copy restored for this
+  suite (English table and column names put back into a machine-translated copy; see its README.md). No
+  public URL serves it (``url: null``), so it comes from a mirror only.
 """
 
 from __future__ import annotations

@@ -43,9 +43,9 @@ three backends; the package's own report is kept in ``CompressionResult.meta``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -147,10 +147,11 @@ def adapter_class() -> type:
     from llmlingua import PromptCompressor
 
     if llmlingua.__version__ != LLMLINGUA_VERSION:
-        warnings.warn(
-            f"promptintern's llmlingua adapter was written for llmlingua=={LLMLINGUA_VERSION}, "
-            f"found {llmlingua.__version__}",
-            stacklevel=2,
+        # ours, for the user: on stderr (library warnings go to the log file only)
+        logging.getLogger(__name__).warning(
+            "promptintern's llmlingua adapter was written for llmlingua==%s, found %s",
+            LLMLINGUA_VERSION,
+            llmlingua.__version__,
         )
 
     class OfflinePromptCompressor(PromptCompressor):

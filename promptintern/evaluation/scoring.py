@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from promptintern.errors import check_input_file
 from promptintern.evaluation.predictions import read_predictions
 from promptintern.tasks import Instance, Task, TaskScore
 
@@ -15,8 +16,10 @@ def load_predictions(
 ) -> dict[str, str]:
     """Validated ``{id: prediction}`` for a split's ``instances``.
 
-    ``extract`` applies the task's answer extractor; ``partial`` accepts a file covering only some ids.
+    ``extract`` applies the task's answer extractor; ``partial`` accepts a file covering only some ids. A
+    missing file or a directory raises :class:`~promptintern.errors.UserError`.
     """
+    check_input_file(path, "predictions file (JSONL)")
     records = read_predictions(path, instances, allow_missing=partial)
     return {tid: task.extract(r.prediction) if extract else r.prediction for tid, r in records.items()}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,8 +181,19 @@ def render_json(board: Leaderboard) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def _md(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+_MD_TABLE = str.maketrans({"\\": "\\\\", "|": "\\|"})
+_MD_INLINE = str.maketrans({c: "\\" + c for c in "\\|`*_[]~"})
+
+
+def _md(text: str, *, inline: bool = True) -> str:
+    """``text`` as one Markdown table cell. Submitters choose names, models and methods, so the text is
+    HTML-escaped as :func:`render_html` escapes it (``<b>`` stays text), line breaks become spaces and
+    other control characters U+FFFD (no row is split, no terminal escape gets through), and ``\\`` and
+    ``|`` are backslash-escaped (no cell is split); with ``inline``, so are the emphasis, code, link and
+    strike-through characters `` ` * _ [ ] ~``."""
+    text = " ".join(text.splitlines())
+    text = "".join("\ufffd" if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    return html.escape(text, quote=False).translate(_MD_INLINE if inline else _MD_TABLE)
 
 
 def render_markdown(board: Leaderboard) -> str:
@@ -190,13 +202,15 @@ def render_markdown(board: Leaderboard) -> str:
         "# PromptIntern suite leaderboard",
         "",
         f"{len(board.entries)} submission(s). Metric with 95 % bootstrap CI on each task's test split; input "
-        f"tokens per instance as reported by the submitter; cost from the price list as of {board.prices.as_of}.",
+        f"tokens per instance as reported by the submitter; cost from the price list as of "
+        f"{_md(board.prices.as_of)}.",
         "",
         "| " + " | ".join(_md(c[0]) for c in cols) + " |",
         "| " + " | ".join("---:" if c[1] == "number" else "---" for c in cols) + " |",
     ]
     for e in board.entries:
-        lines.append("| " + " | ".join(_md(c[2](e)[0]) for c in cols) + " |")
+        # number cells are this module's own formatting ("100.0 [99.1, 100.0]"): cell escaping only
+        lines.append("| " + " | ".join(_md(c[2](e)[0], inline=c[1] != "number") for c in cols) + " |")
     if board.notes:
         lines += ["", "Notes:", ""] + [f"- {_md(n)}" for n in board.notes]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,47 @@ TASK_HELP = (
 )
 
 
+def _task_refs(tasks: list[str] | None, prompt: str | None) -> tuple[list[str] | None, str]:
+    """``--task`` values and ``--prompt`` as :func:`run_lm_eval` takes them, accepting the lm-eval names the
+    docs and the output table use as well: ``promptintern_<task>``, ``promptintern_<task>_full`` (the full
+    prompt) and the tags ``promptintern`` / ``promptintern_full`` (every registered task)."""
+    from promptintern.errors import UserError
+    from promptintern.tasks import task_names
+    from promptintern.tasks.lm_eval_support import PREFIX
+
+    registered = set(task_names())
+    refs: list[str] = []
+    implied: dict[str, str] = {}  # prompt -> the name that implies it
+    every = False
+    for ref in tasks or ():
+        name, kind = str(ref), None
+        if not Path(name).exists():
+            if name in (PREFIX.rstrip("_"), PREFIX + "full") and name not in registered:  # lm-eval's tags
+                every, kind = True, "full" if name.endswith("full") else "query"
+                name = ""
+            elif name.startswith(PREFIX) and name not in registered:
+                base = name[len(PREFIX) :]
+                if base in registered:
+                    name, kind = base, "query"
+                elif base.endswith("_full") and base[: -len("_full")] in registered:
+                    name, kind = base[: -len("_full")], "full"
+        if kind is not None:
+            implied.setdefault(kind, str(ref))
+        if name and name not in refs:
+            refs.append(name)
+    if len(implied) > 1:
+        raise UserError(
+            f"--task {implied['query']} (query-only prompt) and --task {implied['full']} (full prompt) need "
+            "separate runs: one prompt per run"
+        )
+    if implied:
+        ((kind, ref),) = implied.items()
+        if prompt is not None and prompt != kind:
+            raise UserError(f"--task {ref} is the {kind} prompt's task but --prompt is {prompt}; drop one")
+        prompt = kind
+    return (None if every or not refs else refs), prompt or "query"  # None: every registered task
+
+
 def _lm_eval_names(tasks: list[str] | None, prompt: str) -> tuple[list[str], list[str]]:
     """The registered names of ``tasks`` (names or folders; default: all) and their lm-eval task names."""
     from promptintern.tasks.lm_eval_support import lm_eval_name, resolve_tasks
@@ -144,8 +185,10 @@ def write_predictions(results: dict[str, Any], directory: Path) -> list[Path]:
 
 def lm_eval_cmd(
     task: list[str] = typer.Option(None, "--task", "-t", help=TASK_HELP),
-    prompt: str = typer.Option(
-        "query", help="query: query-only prompt (PromptIntern); full: template + k examples (untrained)."
+    prompt: str | None = typer.Option(
+        None,
+        help="query: query-only prompt (PromptIntern); full: template + k examples (untrained). Default: "
+        "query, or full for --task promptintern_<task>_full.",
     ),
     model: str = typer.Option("embedded", help="'embedded', a HF id or a local checkpoint path."),
     adapter: Path | None = typer.Option(
@@ -181,21 +224,28 @@ def lm_eval_cmd(
         "for `lm_eval --include_path`, and exit.",
     ),
 ) -> None:
-    """Evaluate a model on the suite's tasks (or a task folder) with lm-evaluation-harness and their metrics."""
+    """Evaluate a model on the suite's tasks (or a task folder) with lm-evaluation-harness and their metrics.
+
+    ``--task`` also takes the lm-eval names: ``promptintern_<task>``, ``promptintern_<task>_full`` and the
+    tags ``promptintern`` and ``promptintern_full``."""
+    from promptintern.errors import UserError, fail
     from promptintern.io import write_json
 
+    try:
+        tasks, prompt = _task_refs(task, prompt)
+    except UserError as exc:
+        fail(exc, as_json=as_json)
     if print_include_path:
         from promptintern.tasks.lm_eval_support import include_path
 
         try:
-            typer.echo(include_path(task or None))
+            typer.echo(include_path(tasks))
         except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            fail(exc, as_json=as_json)
         return
     try:
         results = run_lm_eval(
-            task or None,
+            tasks,
             prompt=prompt,
             model=model,
             adapter=adapter,
@@ -210,9 +260,8 @@ def lm_eval_cmd(
             sandbox=sandbox,
             log_samples=predictions_dir is not None,
         )
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except (ValueError, UserError) as exc:  # unknown task, bad adapter folder, unavailable sandbox
+        fail(exc, as_json=as_json)
     summary = summarize(results)
     if out:
         write_json(out, {k: v for k, v in results.items() if k != "samples"})

@@ -3,8 +3,11 @@
 A submission holds ``submission.yaml`` (:class:`SubmissionMeta`) and one ``predictions/<task>.jsonl`` per
 task it enters, covering that task's whole ``test`` split (the predictions format of
 :mod:`promptintern.evaluation.predictions`). Validation collects every problem (file, line, field) before raising
-:class:`SubmissionError`; nothing is stored unless all tasks validate and score. Tarballs are extracted by
-hand: absolute names, ``..``, links and special files are refused, and sizes are capped.
+:class:`SubmissionError`; nothing is stored unless all tasks validate and score. A tarball's member headers
+are all checked before anything is extracted: absolute names, ``..``, links and special files are refused,
+names other than the layout's are refused under ``predictions/`` (and skipped elsewhere), and the member
+count, the total and each member's declared size are capped (a predictions file at the cap of
+:mod:`promptintern.evaluation.predictions`); then only the expected members are extracted.
 
 Results go to the SQLite results store (:class:`promptintern.harness.store.ResultsStore`) in two tables of their
 own, ``submissions`` and ``submission_scores``, written in one transaction. A submission is identified by
@@ -21,6 +24,7 @@ import json
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from promptintern.evaluation.predictions import Prediction, PredictionsError, read_predictions
+from promptintern.evaluation.predictions import (
+    FILE_BYTES_ENV,
+    Prediction,
+    PredictionsError,
+    prediction_limits,
+    read_predictions,
+)
 from promptintern.tasks import PAPER_TASKS, Instance, Task, TaskScore, get_task
 
 if TYPE_CHECKING:
@@ -42,6 +52,7 @@ SPLIT = "test"
 SCHEMA_VERSION = 1
 MAX_ARCHIVE_BYTES = 512 << 20  # uncompressed size of all members of a tarball
 MAX_ARCHIVE_MEMBERS = 1000
+MAX_META_BYTES = 1 << 20  # submission.yaml; its fields hold a few KiB at most
 CI_RESAMPLES = 2000
 
 
@@ -164,55 +175,132 @@ def _is_archive(path: Path) -> bool:
     return path.name.endswith((".tar.gz", ".tgz"))
 
 
-def _safe_extract(archive: Path, dest: Path) -> list[str]:
-    """Extract regular files and folders of ``archive`` into ``dest``; returns problems (nothing written
-    when there are any)."""
+def _member_problem(m: tarfile.TarInfo, where: str) -> str | None:
+    """Why member ``m`` may not be extracted whatever its name (``None``: a regular file or folder)."""
+    parts = PurePosixPath(m.name).parts
+    if m.name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")):
+        return f"{where}: absolute path"
+    if ".." in parts or "\\" in m.name:
+        return f"{where}: path leaves the archive ('..' or backslash)"
+    if m.issym() or m.islnk():
+        return f"{where}: links are not allowed"
+    if not (m.isfile() or m.isdir()):
+        return f"{where}: only regular files and folders are allowed"
+    return None
+
+
+def _layout_prefix(members: list[tarfile.TarInfo]) -> tuple[str, ...]:
+    """``(folder,)`` when everything lies in one folder without a top-level submission.yaml
+    (``tar czf sub.tar.gz sub/``), else ``()``."""
+    paths = [(m, PurePosixPath(m.name).parts) for m in members]
+    if any(parts == (SUBMISSION_FILE,) for _, parts in paths):
+        return ()
+    tops = {parts[0] for _, parts in paths if parts}
+    if len(tops) != 1 or any(len(parts) == 1 and not m.isdir() for m, parts in paths):
+        return ()
+    return (tops.pop(),)
+
+
+def _expected(
+    archive: Path, members: list[tarfile.TarInfo], prefix: tuple[str, ...], file_cap: int
+) -> tuple[list[tarfile.TarInfo], list[str]]:
+    """The members of the submission layout under ``prefix`` to extract, and problems with the rest (other
+    names at the top level are skipped, as in a folder)."""
+    wanted: list[tarfile.TarInfo] = []
+    problems: list[str] = []
+    tasks = tuple(PAPER_TASKS)
+    for m in members:
+        where = f"{archive.name}: member {m.name!r}"
+        parts = PurePosixPath(m.name).parts
+        if parts[: len(prefix)] != prefix:
+            continue
+        rel = parts[len(prefix) :]
+        if rel in ((), (PREDICTIONS_DIR,)):
+            if not m.isdir():
+                problems.append(f"{where}: expected a folder")
+        elif rel == (SUBMISSION_FILE,) or rel[0] == PREDICTIONS_DIR:
+            meta = rel == (SUBMISSION_FILE,)
+            task_file = len(rel) == 2 and rel[1].endswith(".jsonl") and rel[1][: -len(".jsonl")] in tasks
+            if not (meta or task_file):
+                problems.append(
+                    f"{where}: unexpected; expected {PREDICTIONS_DIR}/<task>.jsonl, task one of "
+                    + ", ".join(tasks)
+                )
+            elif not m.isfile():
+                problems.append(f"{where}: expected a regular file")
+            elif m.size > (cap := MAX_META_BYTES if meta else file_cap):
+                env = "" if meta else f" ({FILE_BYTES_ENV})"
+                problems.append(f"{where}: declared size {m.size:,} bytes, over the {cap:,}-byte cap{env}")
+            else:
+                wanted.append(m)
+    return wanted, problems
+
+
+def _safe_extract(archive: Path, dest: Path, file_cap: int) -> tuple[list[str], Path]:
+    """Extract the submission members of ``archive`` into ``dest``; returns problems (nothing written when
+    the headers have any) and the submission's root folder (``dest`` or its one top folder).
+
+    Headers are read one by one, stopping at the first that breaks a size or count cap (skipping a member's
+    data means decompressing it); names are checked once all headers are read; then only the expected
+    members are extracted, with tarfile's ``data`` filter where Python has it."""
     try:
         tar = tarfile.open(archive, "r:gz")
-    except (tarfile.TarError, OSError) as exc:
-        return [f"{archive.name}: not a readable .tar.gz archive ({exc})"]
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        return [f"{archive.name}: not a readable .tar.gz archive ({exc})"], dest
     problems: list[str] = []
+    member_cap = max(file_cap, MAX_META_BYTES)
     with tar:
-        try:
-            members = tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            return [f"{archive.name}: corrupt archive ({exc})"]
+        members: list[tarfile.TarInfo] = []
         total = 0
-        for m in members:
-            where = f"{archive.name}: member {m.name!r}"
-            parts = PurePosixPath(m.name).parts
-            if m.name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")):
-                problems.append(f"{where}: absolute path")
-            elif ".." in parts or "\\" in m.name:
-                problems.append(f"{where}: path leaves the archive ('..' or backslash)")
-            elif m.issym() or m.islnk():
-                problems.append(f"{where}: links are not allowed")
-            elif not (m.isfile() or m.isdir()):
-                problems.append(f"{where}: only regular files and folders are allowed")
-            total += max(m.size, 0)
-        if len(members) > MAX_ARCHIVE_MEMBERS:
-            problems.append(f"{archive.name}: {len(members)} members (at most {MAX_ARCHIVE_MEMBERS})")
-        if total > MAX_ARCHIVE_BYTES:
-            problems.append(f"{archive.name}: {total} bytes uncompressed (at most {MAX_ARCHIVE_BYTES})")
+        try:
+            for m in tar:
+                where = f"{archive.name}: member {m.name!r}"
+                if len(members) == MAX_ARCHIVE_MEMBERS:
+                    problems.append(f"{archive.name}: more than {MAX_ARCHIVE_MEMBERS} members")
+                    break
+                members.append(m)
+                problem = _member_problem(m, where)
+                if problem:
+                    problems.append(problem)
+                total += max(m.size, 0)
+                if m.size > member_cap:
+                    problems.append(
+                        f"{where}: declared size {m.size:,} bytes, over the {member_cap:,}-byte cap on a "
+                        f"member ({FILE_BYTES_ENV})"
+                    )
+                    break
+                if total > MAX_ARCHIVE_BYTES:
+                    problems.append(
+                        f"{archive.name}: more than {MAX_ARCHIVE_BYTES:,} bytes uncompressed (at {m.name!r})"
+                    )
+                    break
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            return [*problems, f"{archive.name}: corrupt archive ({exc})"], dest
         if problems:
-            return problems
-        for m in members:
-            target = dest.joinpath(*PurePosixPath(m.name).parts)
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tar.extractfile(m)
-            if src is None:
-                problems.append(f"{archive.name}: member {m.name!r} could not be read")
-                continue
-            with src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
-    return problems
+            return problems, dest
+        prefix = _layout_prefix(members)
+        wanted, problems = _expected(archive, members, prefix, file_cap)
+        if problems:
+            return problems, dest
+        for m in wanted:
+            try:
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4, 3.12
+                    tar.extract(m, dest, set_attrs=False, filter="data")
+                    continue
+                src = tar.extractfile(m)
+                if src is None:
+                    raise tarfile.ExtractError("no data")
+                target = dest.joinpath(*PurePosixPath(m.name).parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                problems.append(f"{archive.name}: member {m.name!r} could not be extracted ({exc})")
+    return problems, dest.joinpath(*prefix)
 
 
 @contextmanager
-def _opened(path: Path) -> Iterator[tuple[Path | None, list[str]]]:
+def _opened(path: Path, file_cap: int) -> Iterator[tuple[Path | None, list[str]]]:
     """The submission's root folder (a tarball extracted to a temporary folder) and problems so far."""
     if path.is_dir():
         yield path, []
@@ -224,11 +312,7 @@ def _opened(path: Path) -> Iterator[tuple[Path | None, list[str]]]:
         yield None, [f"{path}: expected a folder or a .tar.gz / .tgz archive"]
         return
     with tempfile.TemporaryDirectory(prefix="promptintern-submission-") as tmp:
-        problems = _safe_extract(path, Path(tmp))
-        root = Path(tmp)
-        entries = list(root.iterdir())
-        if not (root / SUBMISSION_FILE).exists() and len(entries) == 1 and entries[0].is_dir():
-            root = entries[0]  # `tar czf sub.tar.gz sub/` puts everything under one folder
+        problems, root = _safe_extract(path, Path(tmp), file_cap)
         yield (None if problems else root), problems
 
 
@@ -257,6 +341,9 @@ def _read_meta(
     path = root / SUBMISSION_FILE
     if path.is_symlink() or not path.is_file():
         problems.append(f"{SUBMISSION_FILE}: missing (or not a regular file)")
+        return None, {}, {}
+    if (size := path.stat().st_size) > MAX_META_BYTES:
+        problems.append(f"{SUBMISSION_FILE}: file is {size:,} bytes, over the {MAX_META_BYTES:,}-byte cap")
         return None, {}, {}
     try:
         text = path.read_bytes().decode("utf-8")
@@ -305,14 +392,16 @@ def _check_versions(
             )
 
 
-def _read_task(root: Path, name: str, problems: list[str], versions: dict[str, str]) -> TaskEntry | None:
+def _read_task(
+    root: Path, name: str, problems: list[str], versions: dict[str, str], file_cap: int
+) -> TaskEntry | None:
     rel = f"{PREDICTIONS_DIR}/{name}.jsonl"
     path = root / PREDICTIONS_DIR / f"{name}.jsonl"
     task = get_task(name)
     instances = task.load(SPLIT)
     versions[name] = task_version(instances)
     try:
-        records = read_predictions(path, instances)
+        records = read_predictions(path, instances, max_file_bytes=file_cap)
     except PredictionsError as exc:
         problems.extend(p.replace(str(path), rel, 1) for p in exc.problems)
         return None
@@ -327,7 +416,11 @@ def _read_task(root: Path, name: str, problems: list[str], versions: dict[str, s
 def load_submission(path: str | Path) -> Submission:
     """Read and validate a submission folder or tarball; raises :class:`SubmissionError` listing all problems."""
     path = Path(path)
-    with _opened(path) as (root, problems):
+    try:
+        _, file_cap = prediction_limits()  # the environment's caps, checked before anything is read
+    except ValueError as exc:
+        raise SubmissionError(path, [str(exc)]) from None
+    with _opened(path, file_cap) as (root, problems):
         if root is None:
             raise SubmissionError(path, problems)
         meta, data, lines = _read_meta(root, problems)
@@ -351,7 +444,11 @@ def load_submission(path: str | Path) -> Submission:
                     f"{PREDICTIONS_DIR}/: no predictions file (<task>.jsonl, task one of {', '.join(PAPER_TASKS)})"
                 )
         versions: dict[str, str] = {}
-        tasks = {n: entry for n in names if (entry := _read_task(root, n, problems, versions)) is not None}
+        tasks = {
+            n: entry
+            for n in names
+            if (entry := _read_task(root, n, problems, versions, file_cap)) is not None
+        }
         _check_versions(data, lines, versions, problems)
     if problems:
         raise SubmissionError(path, problems)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from promptintern.errors import UserError, check_output_file, fail
+
 
 def _store_option() -> Path | None:
     return typer.Option(None, "--store", help="Results store (default $PROMPTINTERN_HOME/results.sqlite).")
@@ -35,8 +37,7 @@ def submit_cmd(
             path, store_path=store, backend=sandbox, workers=workers, progress=sys.stderr.isatty()
         )
     except SubmissionError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+        fail(exc, as_json=as_json)
     if as_json:
         typer.echo(json.dumps(outcome.to_dict(), indent=2, ensure_ascii=False))
         return
@@ -62,7 +63,17 @@ def leaderboard_cmd(
     """Render the leaderboard of recorded submissions."""
     from promptintern.harness.leaderboard import render
     from promptintern.io import atomic_write_text
+    from promptintern.paths import home
 
+    path = home() / "results.sqlite" if store is None else store  # ResultsStore's default
+    if not path.is_file():  # opening it would create an empty store: a typo'd --store showed an empty board
+        if store is not None:
+            raise UserError(f"--store {store}: no such results store; check the path (`promptintern submit` "
+                            "creates a store)")
+        raise UserError(f"no results store at {path}: nothing has been submitted yet; record a submission "
+                        "with `promptintern submit` first, or give --store")
+    if out is not None:
+        check_output_file(out, "--out")
     text = render(fmt, store, prices)
     if out is None:
         typer.echo(text, nl=False)
@@ -77,17 +88,16 @@ def leaderboard_cmd(
 def data_export_cmd(
     task: str = typer.Option(..., "--task", "-t", help="A task name or a task folder."),
     split: str = typer.Option("test", help="Split to export."),
-    references: bool = typer.Option(False, "--references", help="Export the gold references (required)."),
+    references: bool = typer.Option(
+        ..., "--references", help="Export the gold references (required: the only export so far)."
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write here instead of standard output."),
 ) -> None:
     """Write a split's references as a predictions JSONL (what `eval --oracle` scores)."""
     from promptintern.evaluation.predictions import write_jsonl
     from promptintern.evaluation.scoring import oracle_predictions
-    from promptintern.tasks import get_task
-
-    if not references:
-        raise typer.BadParameter("nothing to export: pass --references (the only export so far)")
     from promptintern.harness.submissions import task_version
+    from promptintern.tasks import get_task
 
     t = get_task(task)
     t.check_split(split)

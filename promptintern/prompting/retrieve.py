@@ -31,10 +31,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import sacrebleu
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
-from tqdm import tqdm
 
 from promptintern.io import write_json
 from promptintern.keys import content_key
+from promptintern.logs import progress as step_progress
 from promptintern.paths import cache_dir
 from promptintern.tasks.base import Instance
 
@@ -282,7 +282,7 @@ class ExampleRetriever:
     ) -> dict[str, list[str]]:
         """``{instance id: [k example ids]}`` for every instance, cached under ``cache_dir("retrieval")``.
 
-        ``progress`` shows a tqdm bar (None: only on a terminal).
+        ``progress`` shows a progress bar when stderr is a terminal (None: the same as True).
         """
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
@@ -298,14 +298,14 @@ class ExampleRetriever:
             except (OSError, ValueError, KeyError):
                 pass
         result: dict[str, list[str]] = {}
-        disable = None if progress is None else not progress
-        with tqdm(total=len(instances), desc=f"retrieve top-{k}", unit="query", disable=disable) as bar:
+        enabled = progress is None or progress
+        with step_progress(len(instances), f"retrieve top-{k}", enabled=enabled) as bar:
             for lo in range(0, len(instances), BLOCK):
                 chunk = instances[lo : lo + BLOCK]
                 ranked = self._rank(chunk, k) if k else [[] for _ in chunk]
                 for x, top in zip(chunk, ranked, strict=True):
                     result[x.id] = [self.bank[j].id for j in top]
-                bar.update(len(chunk))
+                bar.advance(len(chunk))
         if use_cache:
             meta = {"key": key, "k": k, "field": self.field, "fraction": self.fraction, "seed": self.seed}
             write_json(path, {**meta, "examples": result}, indent=None)

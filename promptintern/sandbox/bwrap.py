@@ -93,14 +93,18 @@ class BwrapBackend(Backend):
         bwrap = shutil.which("bwrap")
         if not bwrap:
             raise SandboxUnavailable(
-                "bubblewrap is not installed: `apt-get install bubblewrap` (Debian/Ubuntu) or "
-                "`dnf install bubblewrap` (Fedora); or choose another backend"
+                "the bwrap sandbox needs bubblewrap, which is not installed (no `bwrap` on PATH): "
+                "`apt-get install bubblewrap` (Debian/Ubuntu) or `dnf install bubblewrap` (Fedora), "
+                "or choose the docker sandbox (--sandbox docker)"
             )
         self.bwrap, self.python = bwrap, python or sys.executable
         self.privileged = os.geteuid() == 0
         self.setpriv = shutil.which("setpriv") or ""
         if self.privileged and not self.setpriv:
-            raise SandboxUnavailable("running as root needs `setpriv` (util-linux) to drop to an unprivileged uid")
+            raise SandboxUnavailable(
+                "the bwrap sandbox running as root needs `setpriv` to drop to an unprivileged uid: "
+                "`apt-get install util-linux` (Debian/Ubuntu) or `dnf install util-linux` (Fedora)"
+            )
         self.binds = interpreter_dirs(self.python) + [os.path.abspath(p) for p in extra_ro_binds]
         if check:
             self.check()
@@ -111,10 +115,10 @@ class BwrapBackend(Backend):
         if key not in _PROBES:
             result = self.run("print('ok')", Limits(wall_s=30, cpu_s=10))
             _PROBES[key] = "" if result.passed and result.stdout.strip() == "ok" else (
-                f"{result.detail}; stderr: {result.stderr.strip()[-500:]}")
+                f"{result.detail}; stderr: {' '.join(result.stderr.split())[-500:]}")
         if _PROBES[key]:
             raise SandboxUnavailable(
-                f"bwrap could not run a test program: {_PROBES[key]}.  Unprivileged user namespaces must be "
+                f"bwrap could not run a test program: {_PROBES[key]}. Unprivileged user namespaces must be "
                 "enabled for non-root use (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04+ "
                 "kernel.apparmor_restrict_unprivileged_userns=0), or run inside a VM/container that allows them."
             )

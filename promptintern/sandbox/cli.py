@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from promptintern.errors import check_input_file, fail
+
 from . import BACKENDS, Limits, SandboxError, get_backend
 
 app = typer.Typer(help="Sandboxed execution of untrusted generated code.", no_args_is_help=True)
@@ -32,8 +34,7 @@ def selftest(
     try:
         report = run_selftest(backend, unsafe=unsafe_no_sandbox)
     except (SandboxError, ValueError) as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
+        fail(exc, as_json=as_json)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -50,12 +51,11 @@ def run(
     unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
 ) -> None:
     """Run one program in the sandbox and print its outcome; exit code 0 only if it passed."""
-    program = sys.stdin.read() if str(path) == "-" else path.read_text()
+    program = sys.stdin.read() if str(path) == "-" else check_input_file(path, "Python file").read_text()
     try:
         sandbox = get_backend(backend, unsafe=unsafe_no_sandbox)
     except (SandboxError, ValueError) as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
+        fail(exc)
     result = sandbox.run(program, Limits(wall_s=wall_s, cpu_s=wall_s, memory_mb=memory_mb))
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)

@@ -38,9 +38,15 @@ class DockerBackend(Backend):
     def check(self) -> None:
         """Raise :class:`SandboxUnavailable` unless the engine answers and the image exists."""
         if not shutil.which(self.docker):
-            raise SandboxUnavailable(f"`{self.docker}` not found; install Docker or use backend='bwrap'")
+            raise SandboxUnavailable(
+                f"the docker sandbox needs Docker, but `{self.docker}` is not on PATH: install Docker "
+                "(https://docs.docker.com/engine/install/) or choose the bwrap sandbox (--sandbox bwrap)"
+            )
         if _quiet([self.docker, "info"]) != 0:
-            raise SandboxUnavailable("the Docker engine is not reachable (`docker info` failed); use backend='bwrap'")
+            raise SandboxUnavailable(
+                "the docker sandbox needs a running Docker engine, but `docker info` failed: start the engine "
+                "(e.g. `sudo systemctl start docker`) or choose the bwrap sandbox (--sandbox bwrap)"
+            )
         if _quiet([self.docker, "image", "inspect", self.image]) != 0:
             raise SandboxUnavailable(
                 f"image {self.image!r} not found: `docker build -t {DEFAULT_IMAGE} -f {DOCKERFILE} {DOCKERFILE.parent}`"

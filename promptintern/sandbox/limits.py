@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from promptintern.errors import UserError
+
 #: Marker printed by the bootstrap before any program code runs (absent: the sandbox did not start).
 READY = b"#<promptintern:ready>\n"
 #: Prefix of the line printed after the program's top level returned normally.
@@ -72,12 +74,13 @@ _main(*sys.argv[1:])
 """.replace("READY", repr(READY)).replace("DONE_PREFIX", repr(DONE_PREFIX))
 
 
-class SandboxError(RuntimeError):
-    """Base class for sandbox configuration errors."""
+class SandboxError(UserError, RuntimeError):
+    """Base class for sandbox configuration errors (the CLI prints them as one ``error:`` line)."""
 
 
 class SandboxUnavailable(SandboxError):
-    """The requested backend cannot run on this machine (missing tool, disabled namespaces, no engine)."""
+    """The requested backend cannot run on this machine (missing tool, disabled namespaces, no engine); the
+    message says what to install or start, or which other backend to choose."""
 
 
 @dataclass(frozen=True)

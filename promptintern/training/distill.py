@@ -147,7 +147,7 @@ def teacher_targets(
 ) -> list[Targets]:
     """The :class:`Targets` of ``model`` for each ``(token ids, answer tokens)`` sequence (the answer being
     its last tokens), in order; no grad, batches of similar lengths right-padded (as if run one at a time)."""
-    from tqdm import tqdm
+    from promptintern import logs
 
     size = max(batch_size, 1)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
@@ -155,7 +155,7 @@ def teacher_targets(
     collate = PadCollator(pad_token_id)
     out: list[Targets] = [None] * len(sequences)  # type: ignore[list-item]
     with torch.no_grad():
-        for start in tqdm(range(0, len(order), size), disable=not progress, desc="distill: teacher targets"):
+        for start in logs.track(range(0, len(order), size), "distill: teacher targets", enabled=progress):
             chunk = order[start : start + size]
             batch = {k: v.to(device) for k, v in collate([_features(*sequences[i]) for i in chunk]).items()}
             logits, _ = answer_logits(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
