@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 
@@ -24,11 +32,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _schedule_pattern(value: str) -> str:
+    from promptintern.methods.schedule import PATTERNS
+
+    if value not in PATTERNS:
+        raise ValueError(f"unknown schedule pattern {value!r}; choose from {', '.join(PATTERNS)}")
+    return value
+
+
 class ScheduleSpec(_Strict):
     pattern: str = "linear"
     start: float = 1.0
     end: float = 0.0
-    rate: float = 3.0
+    rate: float = Field(3.0, gt=0.0)
+
+    _check_pattern = field_validator("pattern")(_schedule_pattern)
+
+    @model_validator(mode="after")
+    def _constant_is_flat(self) -> ScheduleSpec:
+        if self.pattern == "constant" and self.end != self.start:
+            raise ValueError(f"a constant schedule needs end == start (start {self.start:g}, end {self.end:g})")
+        return self
 
 
 class CompressorSpec(_Strict):
@@ -51,6 +75,8 @@ class MethodSpec(_Strict):
     #: outputs s(y_i, y_j) (the paper), ``query`` = BLEU between queries. Test-time prompts have no gold
     #: output and always retrieve by query.
     retrieval_key: Literal["answer", "query"] = "answer"
+
+    _check_example_pattern = field_validator("example_pattern")(_schedule_pattern)
 
 
 class GistSpec(_Strict):
@@ -116,6 +142,28 @@ class TrainSettings:
     #: Base-model weights while training: None = bfloat16 on CUDA, float32 on a CPU; ``bfloat16`` /
     #: ``float32`` / ``float16`` force it (LoRA weights stay float32).
     dtype: Literal["bfloat16", "float32", "float16"] | None = None
+    #: Recompute each decoder layer's activations in the backward pass instead of keeping them (transformers'
+    #: ``gradient_checkpointing_enable``): same gradients, about a third more compute, far less memory
+    #: (:mod:`promptintern.training.memory`). Off = every existing run's behaviour.
+    gradient_checkpointing: bool = False
+    #: ``4bit``: load the frozen base model in 4-bit NF4 with double quantization (QLoRA, bitsandbytes; LoRA
+    #: weights stay float32). None = the ``dtype`` above.
+    quantization: Literal["4bit"] | None = None
+
+
+#: Training fields left out of run keys: ``gradient_checkpointing`` changes memory and time, not the gradients.
+NOT_IN_KEY = ("gradient_checkpointing",)
+#: Fields added after runs were archived, left out of run keys while at their default so those keys still hold.
+KEY_ONLY_WHEN_SET = {"quantization": None}
+
+
+def train_key_fields(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (training fields by name) as they enter a run key (:data:`NOT_IN_KEY`,
+    :data:`KEY_ONLY_WHEN_SET`)."""
+    return {
+        k: v for k, v in settings.items()
+        if k not in NOT_IN_KEY and not (k in KEY_ONLY_WHEN_SET and v == KEY_ONLY_WHEN_SET[k])
+    }  # fmt: skip
 
 
 def overrides_of(settings: type, name: str) -> type[BaseModel]:
@@ -140,9 +188,12 @@ class OpenAISpec(_Strict):
     model: str | None = None
     mode: Literal["completions", "chat"] = "completions"
     api_key_env: str = "OPENAI_API_KEY"
+    #: The kind of server at ``base_url``: ``vllm`` and ``llamacpp`` also get their repetition penalty set to 1
+    #: (off), which they would otherwise take from the model or their own default (:mod:`...openai_backend`).
+    server: Literal["openai", "vllm", "llamacpp"] = "openai"
 
 
-Backend = Literal["hf", "llamacpp", "openai", "auto"]
+Backend = Literal["hf", "llamacpp", "openai", "vllm", "auto"]
 
 
 class GenerationSpec(_Strict):
@@ -169,6 +220,8 @@ class GenerationSpec(_Strict):
     #: reuse, while Table 8 is measured separately through a server that recomputes every prompt (the
     #: prefix-cached row excepted). Part of a run's key when on.
     llamacpp_reuse_prefix: bool = False
+    #: GPUs of one vLLM engine (``backend: vllm``; tensor parallel). Not part of a run's key.
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
 
 
 class GenerationOverrides(_Strict):
@@ -192,10 +245,28 @@ class TaskSpec(_Strict):
     generation: GenerationOverrides = GenerationOverrides()
 
 
+class ModelSpec(_Strict):
+    """One model a profile's tables cover (the paper's five): ``id`` is what an experiment runs (a HF id or
+    path for ``kind: hf``; the OpenAI fine-tuning base for ``kind: openai``), ``name`` the paper's name,
+    ``params_b`` the parameter count in billions (``active_params_b``: per token, for a mixture of experts;
+    None where unpublished, as for OpenAI's models) and ``train`` this model's overrides of the profile's
+    training settings (e.g. 4-bit for Mixtral)."""
+
+    id: str
+    name: str = ""
+    kind: Literal["hf", "openai"] = "hf"
+    params_b: float | None = Field(None, gt=0.0)
+    active_params_b: float | None = Field(None, gt=0.0)
+    train: TrainSpec = TrainSpec()
+
+
 class Profile(_Strict):
     name: str
     description: str = ""
     model: str = "embedded"
+    #: The models the tables are planned for (``promptintern plan``); empty = ``model`` only. ``model`` stays
+    #: the one a ``reproduce`` run trains unless ``--model`` names another.
+    models: tuple[ModelSpec, ...] = ()
     seed: int = 0
     #: Prompt template variant of every task: ``paper`` (sized like the paper's prompts) or ``extended``
     #: (the long API-document templates, to measure the effect of template length).
@@ -317,7 +388,12 @@ def validate_profile(data: Any, where: str) -> Profile:
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()] + problems
+        problems = [f"{'.'.join(map(str, e['loc']))}: {_plain(e['msg'])}" for e in exc.errors()] + problems
     if problems:
         raise ProfileError(f"{where}: {'; '.join(problems)}")
     return profile
+
+
+def _plain(msg: str) -> str:
+    """pydantic's message of a validator's ``ValueError`` without its ``Value error, `` prefix."""
+    return msg.removeprefix("Value error, ")

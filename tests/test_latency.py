@@ -140,6 +140,7 @@ def test_stream_parsing_ttft_token_chunks_and_finish():
             "temperature": 0.0,
             "top_p": 1.0,
             "stream": True,
+            "repeat_penalty": 1.0,  # llama-cpp-python's server applies 1.1 unless told: greedy needs 1
             "stop": ["\n"],
         }
     ]

@@ -134,7 +134,7 @@ def test_an_experiment_runs_on_the_llamacpp_backend():
     assert result["backend"] == "llamacpp" and result["n"] == 2 and result["input_tokens_mean"] > 0
     assert Experiment("nl2bash", "gist", smoke, backend_override="llamacpp").backend == "hf"
     with pytest.raises(ValueError, match="unknown backend"):
-        Experiment("nl2bash", "zero-shot", smoke, backend_override="vllm")
+        Experiment("nl2bash", "zero-shot", smoke, backend_override="tgi")
 
 
 @pytest.mark.integration

@@ -262,6 +262,20 @@ def test_seeded_rows_claims_export_and_rebuild_from_results(tmp_path, tiny_model
     assert again["rows"] == summary["rows"] and all(e.get("archived") for e in again["experiments"])
     assert kept == {(r.method, r.seed): r.value for r in rows}
 
+    # a profile with the same settings under another name reuses that folder (sizing `reuse`): kept under its own
+    # profile name and copied into its own folder
+    copy = tmp_path / "copy.yaml"
+    copy.write_text("extends: smoke\nname: smoke-copy\n")
+    sizing.write_text(sizing.read_text() + f"  smoke-copy:\n    seeds: [0, 1]\n    seeded: [ft-none]\n    reuse: [{out}]\n")
+    out_copy = tmp_path / "out-copy"
+    with ResultsStore(tmp_path / "r4.sqlite") as store:
+        reused = reproduce(str(copy), "9", store=store, **{**kw, "out": out_copy})
+        assert {(r.method, r.seed): r.value for r in store.rows("9", "smoke-copy")} == kept
+    assert reused["rows"] == summary["rows"] and all(e.get("archived") for e in reused["experiments"])
+    copied = [json.loads(line) for line in (out_copy / "rows.jsonl").read_text().splitlines()]
+    assert {e["profile"] for e in copied} == {"smoke-copy"}
+    assert all((out_copy / e["directory"] / "predictions.jsonl").is_file() for e in copied)
+
     # --from-results: store, tables and claims from the folder alone
     with ResultsStore(tmp_path / "r3.sqlite") as store:
         rebuilt = rebuild(out, specs=load_specs_from(specs), out=tmp_path / "rebuilt", store=store)

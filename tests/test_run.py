@@ -16,7 +16,10 @@ def test_builtin_profiles_validate():
         assert prof.name == name and prof.method.stages >= 1
     paper = load_profile("paper")
     assert [paper.train_for(t).epochs_per_stage for t in ("mbpp", "nl2f", "nl2bash")] == [6, 12, 12]
-    assert [paper.train_for(t).batch_size for t in ("mbpp", "nl2f", "nl2bash")] == [16, 128, 128]
+    # the paper's batch sizes as effective batches: per-device batch x gradient accumulation
+    effective = [paper.train_for(t).batch_size * paper.train_for(t).gradient_accumulation_steps
+                 for t in ("mbpp", "nl2f", "nl2bash")]  # fmt: skip
+    assert effective == [16, 128, 128] and all(paper.train_for(t).gradient_checkpointing for t in ("mbpp", "nl2f"))
     assert paper.train.lora_r == 32 and paper.train.max_length == 4096 and paper.train.save_steps == 200
 
 
@@ -220,7 +223,8 @@ def test_mistyped_task_keys_in_a_profile_are_errors_naming_file_and_key(tmp_path
 
 def test_task_sections_are_typed_and_override_the_shared_ones():
     paper = load_profile("paper")
-    assert paper.train_for("nl2f").batch_size == 128 and paper.train_for("nl2f").lora_r == 32
+    nl2f = paper.train_for("nl2f")
+    assert nl2f.batch_size * nl2f.gradient_accumulation_steps == 128 and nl2f.lora_r == 32
     cpu = load_profile("cpu")
     assert cpu.generation_for("mbpp").max_new_tokens == 256 and cpu.generation_for("mbpp").merge_adapter is True
     assert cpu.generation_for("nl2bash").max_new_tokens is None

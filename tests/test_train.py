@@ -210,3 +210,23 @@ def test_killed_run_resumes_to_the_same_adapter(reference, tmp_path, kill_at, ch
     assert got.keys() == want.keys()
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(reference, tiny_model_dir, tmp_path):
+    """Checkpointing recomputes activations in the backward pass: the same gradients, so (dropout off, same seed)
+    the same adapter up to float rounding; it is left out of the run key (same memory-free fingerprint)."""
+    stages = [s[:8] for s in make_stages()][:1]
+    plain = make_config(tiny_model_dir, tmp_path / "plain", lora_dropout=0.0, epochs_per_stage=1)
+    ckpt = replace(plain, output_dir=tmp_path / "ckpt", gradient_checkpointing=True)
+    a = adapter_tensors(train_progressive(stages, plain, progress=False))
+    b = adapter_tensors(train_progressive(stages, ckpt, progress=False))
+    assert a.keys() == b.keys() and any(t.abs().sum() > 0 for k, t in a.items() if "lora_B" in k)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    cfg = [json.loads((tmp_path / d / "config.json").read_text())["config"] for d in ("plain", "ckpt")]
+    assert cfg[0] == cfg[1] and "gradient_checkpointing" not in cfg[0]
+
+
+def test_four_bit_base_needs_cuda_and_says_so(tiny_model_dir, tmp_path):
+    config = make_config(tiny_model_dir, tmp_path / "q", quantization="4bit", device="cpu")
+    with pytest.raises(ValueError, match=r"train\.quantization '4bit' needs a CUDA device"):
+        train_progressive(make_stages(4)[:1], config, progress=False)

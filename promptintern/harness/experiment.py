@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from promptintern import __version__, keys
+from promptintern import __version__, keys, logs
 from promptintern.baselines import BaselineUnavailable
 from promptintern.harness.backend_choice import close, restore_choice
 from promptintern.io import atomic_write_text, write_json
@@ -40,11 +40,11 @@ from promptintern.methods.stages import (
     stage_prompt,
 )
 from promptintern.paths import home
-from promptintern.profile import Profile, TrainSettings
+from promptintern.profile import Profile, TrainSettings, train_key_fields
 from promptintern.tasks import Instance, Task, Template, get_task, resolve_task
 
 #: Generation backends (``generation.backend``, ``--backend``).
-BACKENDS = ("hf", "llamacpp", "openai", "auto")
+BACKENDS = ("hf", "llamacpp", "openai", "vllm", "auto")
 
 
 def _slug(model: str) -> str:
@@ -120,6 +120,11 @@ class Experiment:
         local_server = (
             self.backend == "openai" and self.profile.generation_for(self.task_name).openai.base_url is None
         )
+        if self.backend == "vllm":
+            from promptintern.serving.vllm_backend import unavailable as vllm_unavailable
+
+            if (why := vllm_unavailable()) is not None:
+                return why
         if self.backend == "llamacpp" or local_server:
             from promptintern.serving.llamacpp import LlamaCppUnavailable, gguf_for
 
@@ -168,12 +173,10 @@ class Experiment:
         tau = self.inference_plan.tau
         if not (self.question_aware and 0.0 < tau < 1.0):
             return None
-        from tqdm import tqdm
-
         compressor, template = self.compressor(), self.task.template()
         return {
             inst.id: compressor.compress_with_stats(template, tau, question=inst.query)
-            for inst in tqdm(instances, disable=not progress, desc=f"compress {self.method} per query")
+            for inst in logs.track(instances, f"compress {self.method} per query", enabled=progress)
         }
 
     # -- identity ---------------------------------------------------------------------------------
@@ -255,7 +258,8 @@ class Experiment:
 
     def _generation_settings(self) -> dict[str, Any]:
         gen = self.profile.generation_for(self.task_name).model_dump(
-            exclude={"merge_adapter", "backend", "openai", "llamacpp_workers", "llamacpp_reuse_prefix"}
+            exclude={"merge_adapter", "backend", "openai", "llamacpp_workers", "llamacpp_reuse_prefix",
+                     "vllm_tensor_parallel_size"}  # fmt: skip
         )
         if self.requested_backend in ("llamacpp", "auto") and self.reuses_prefix:
             gen["llamacpp_reuse_prefix"] = True
@@ -368,7 +372,7 @@ class Experiment:
     def _effective_train(self) -> dict[str, Any]:
         """Every profile-settable training field with its effective value (defaults included)."""
         config = self.train_config(output_dir=Path("."))
-        return {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainSettings)}
+        return train_key_fields({f.name: getattr(config, f.name) for f in dataclasses.fields(TrainSettings)})
 
     # -- steps ------------------------------------------------------------------------------------
     @contextmanager
@@ -404,8 +408,6 @@ class Experiment:
 
     def predict(self, progress: bool = True) -> Path:
         """Greedy predictions for the test subset, appended line by line and resumed by id."""
-        from tqdm import tqdm
-
         out = self.directory / "predictions.jsonl"
         done = _read_ids(out)
         with self._timed("compress"):
@@ -424,11 +426,11 @@ class Experiment:
             stream = self._generations(model, tok, [p for _, p in todo], prompts)
         out.parent.mkdir(parents=True, exist_ok=True)
         with self._timed("generate"), open(out, "a", encoding="utf-8") as fh:
-            for (inst, prompt), g in tqdm(
+            for (inst, prompt), g in logs.track(
                 zip(todo, stream, strict=True),
+                f"generate {self.task_name}/{self.method}",
                 total=len(todo),
-                disable=not progress,
-                desc=f"generate {self.task_name}/{self.method}",
+                enabled=progress,
             ):
                 rec = {
                     "task_id": inst.id,

@@ -28,7 +28,7 @@ from promptintern.io import write_json
 from promptintern.paths import home
 
 #: Version of the measurement procedure (enters the cache key).
-LATENCY_VERSION = 2  # 2: warm-up requests decode at most WARMUP_TOKENS
+LATENCY_VERSION = 3  # 2: warm-up requests decode at most WARMUP_TOKENS; 3: greedy (repeat_penalty 1)
 
 
 def _config(name: str, exp, n: int):

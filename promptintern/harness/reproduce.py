@@ -35,6 +35,7 @@ from typing import Any
 import typer
 import yaml
 
+from promptintern import logs
 from promptintern.evaluation.cost import Prices, load_prices
 from promptintern.harness.archive import ROWS_FILE
 from promptintern.harness.provenance import collect, utc_now
@@ -83,6 +84,10 @@ class Sizing:
     #: Training seeds of the ``seeded`` rows ("method" or "method/variant"); other rows use the profile's seed.
     seeds: tuple[int, ...] = ()
     seeded: tuple[str, ...] = ()
+    #: Results folders of other profiles (e.g. ``results/cpu``) whose exported experiments are kept when one has
+    #: the same settings key as a job here: the key covers model, data subsets, method and settings, so it is
+    #: the same experiment; the copy is exported into this profile's folder with the rest.
+    reuse: tuple[str, ...] = ()
 
     def seeds_for(self, row: RowSpec, default: int) -> tuple[int, ...]:
         return self.seeds if self.seeds and row.id in self.seeded else (default,)
@@ -106,7 +111,7 @@ def load_sizing(profile: str, path: str | Path | None = None) -> Sizing | None:
     entry = (data.get("profiles") or {}).get(profile)
     if entry is None:
         return None
-    unknown = sorted(set(entry) - {"tasks", "overrides", "skip", "reason", "seeds", "seeded"})
+    unknown = sorted(set(entry) - {"tasks", "overrides", "skip", "reason", "seeds", "seeded", "reuse"})
     if unknown:
         raise SpecError(f"{path}: profiles.{profile}: unknown key(s) {', '.join(unknown)}")
     tasks = entry.get("tasks")
@@ -119,6 +124,7 @@ def load_sizing(profile: str, path: str | Path | None = None) -> Sizing | None:
         source=str(path),
         seeds=tuple(int(x) for x in entry.get("seeds") or ()),
         seeded=tuple(entry.get("seeded") or ()),
+        reuse=tuple(str(x) for x in entry.get("reuse") or ()),
     )
 
 
@@ -199,8 +205,19 @@ def plan(specs: list[TableSpec], base: Profile, model: str | None, sizing: Sizin
 
 
 def _say(msg: str, progress: bool) -> None:
-    if progress:
-        print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    """One step of the run as a ``[reproduce HH:MM:SS] ...`` line on stderr (``--quiet``: the log file only)."""
+    logs.step(msg, "reproduce", show=progress)
+
+
+def _duration(seconds: float) -> str:
+    """``42.3 s``, ``12 min 5 s`` or ``1 h 02 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 class ReferenceTokens:
@@ -361,9 +378,13 @@ def _server_latency(specs, jobs, store: ResultsStore, base: Profile, model: str,
                         rows[row.id] = (job.experiment, found)
             if not rows:
                 continue
-            _say(f"table {spec.id} {task}: latency of {len(rows)} rows through the server", progress)
             n = min(base.latency_instances, *(len(e.test_set) for e, _ in rows.values()))
-            measured = measure_task(task, {name: e for name, (e, _) in rows.items()}, n, progress)
+            _say(f"table {spec.id} {task}: latency of {len(rows)} rows x {n} instances through the server", progress)
+            t0 = time.perf_counter()
+            # per-instance lines only on a terminal; a log gets the start and end lines
+            measured = measure_task(task, {name: e for name, (e, _) in rows.items()}, n,
+                                    progress and logs.stderr_is_terminal())  # fmt: skip
+            _say(f"table {spec.id} {task}: latency measured in {_duration(time.perf_counter() - t0)}", progress)
             for name, (_, found) in rows.items():
                 where = {"latency_file": measured[name].get("file"), "latency_row": name}
                 prov = {**found.provenance, **{k: v for k, v in where.items() if v}}
@@ -386,16 +407,22 @@ def _render(store: ResultsStore, specs, out: Path, base: Profile, model: str, co
     return paths, rows
 
 
-def _archived(out: Path) -> dict[str, RunRow]:
-    """Ok rows of an earlier sitting exported to ``out`` (``rows.jsonl``), by settings key."""
+def _archived(out: Path, reuse: tuple[str, ...] = ()) -> dict[str, RunRow]:
+    """Ok rows of an earlier sitting exported to ``out`` (``rows.jsonl``), then of the ``reuse`` folders, by
+    settings key (the first folder holding a key wins)."""
     from promptintern.harness.archive import ArchiveError, read_rows
 
-    try:
-        rows = read_rows(out) if (out / ROWS_FILE).is_file() else []
-    except ArchiveError as exc:
-        print(f"ignoring {out / ROWS_FILE}: {exc}", file=sys.stderr)
-        return {}
-    return {r.settings_key: r for r in rows if r.status == "ok" and r.settings_key and r.directory}
+    found: dict[str, RunRow] = {}
+    for folder in (out, *map(Path, reuse)):
+        try:
+            rows = read_rows(folder) if (folder / ROWS_FILE).is_file() else []
+        except ArchiveError as exc:
+            print(f"ignoring {folder / ROWS_FILE}: {exc}", file=sys.stderr)
+            continue
+        for r in rows:
+            if r.status == "ok" and r.settings_key and r.directory:
+                found.setdefault(r.settings_key, r)
+    return found
 
 
 def _from_archive(job: Job, archived: dict[str, RunRow], store: ResultsStore) -> RunRow | None:
@@ -407,7 +434,8 @@ def _from_archive(job: Job, archived: dict[str, RunRow], store: ResultsStore) ->
     old = archived[exp.key]
     for spec, row in job.cells:
         store.record(dataclasses.replace(old, table_id=spec.id, label=row.label, method=row.method,
-                                         variant=row.variant, task=job.task, seed=job.seed))  # fmt: skip
+                                         variant=row.variant, task=job.task, seed=job.seed,
+                                         profile=exp.profile.name))  # fmt: skip
     return old
 
 
@@ -483,6 +511,10 @@ def reproduce(
     out = Path(out) if out is not None else Path("results") / profile.name
     try:
         work = plan(specs, base, model, size)
+        where = f"; library warnings in {logs.log_file()}" if logs.log_file() else ""
+        _say(f"profile {base.name}, model {model_name}, tables {', '.join(str(s.id) for s in specs)}: "
+             f"{len(work.jobs)} experiments, {len(work.fixed)} cells not run by the sizing; "
+             f"results in {out}{where}", progress)  # fmt: skip
         for spec, row, task, reason in work.fixed:
             prov = collect(seed=base.seed, wall_s=0.0, settings_key=None)
             store.record(
@@ -499,7 +531,7 @@ def reproduce(
             )
         full_tokens = ReferenceTokens(base, model, FULL_PROMPT)
         template_tokens = ReferenceTokens(base, model, TEMPLATE_ONLY)
-        archived = _archived(out)
+        archived = _archived(out, size.reuse if size else ())
         log = []
         for i, job in enumerate(work.jobs, 1):
             kept = _from_archive(job, archived, store)
@@ -552,7 +584,7 @@ def reproduce(
                     )
                 )
             brief = f"{result['primary']} {result['value']:.2f}" if result else reason
-            _say(f"{i}/{len(work.jobs)} {job.name}: {status} ({brief}) in {wall:.1f} s", progress)
+            _say(f"{i}/{len(work.jobs)} {job.name}: {status} ({brief}) in {_duration(wall)}", progress)
             log.append(
                 {
                     "experiment": job.name,
@@ -566,6 +598,7 @@ def reproduce(
         _server_latency(specs, [j for j in work.jobs if j.experiment is not None and
                                 (j.experiment.directory / "scores.json").is_file()],
                         store, base, model_name, progress)  # fmt: skip
+        _say(f"rendering tables, plots and claims into {out}", progress)
         paths, rows = _render(store, specs, out, base, model_name, command)
         total = time.perf_counter() - started
         counts = {s: sum(r.status == s for r in rows) for s in ("ok", "not run", "failed")}
@@ -584,6 +617,8 @@ def reproduce(
         paths.append(write_json(out / "reproduce-log.json", summary))
         paths.append(append_jsonl(out / "reproduce-history.jsonl", summary))
         summary["files"] = [str(p) for p in paths]
+        _say(f"done in {_duration(total)}: rows {', '.join(f'{v} {k}' for k, v in counts.items())}; "
+             f"{len(paths)} files in {out}", progress)  # fmt: skip
         return summary
     finally:
         if own_store:
@@ -621,8 +656,14 @@ def reproduce_cmd(
         help="Rebuild the store, tables, plots and claims from an exported results folder (e.g. results/cpu-full) "
         "without training or generating.",
     ),
+    yes: bool = typer.Option(False, "--yes", help="Run even when the plan exceeds --max-gpu-hours or --max-usd."),
+    max_gpu_hours: float = typer.Option(24.0, "--max-gpu-hours", help="Ask before a plan of more GPU hours."),
+    max_usd: float = typer.Option(50.0, "--max-usd", help="Ask before a plan of more API dollars."),
 ) -> None:
-    """Run every experiment of the paper tables (cached), record them in the results store, render tables."""
+    """Run every experiment of the paper tables (cached), record them in the results store, render tables.
+
+    A profile that lists models (``paper``) is priced first (``promptintern plan``): over ``--max-gpu-hours`` or
+    ``--max-usd`` it asks on a terminal and stops elsewhere unless ``--yes``."""
     import contextlib
 
     tasks = [*(tasks or ()), *(t.strip() for t in (tasks_list or "").split(",") if t.strip())]
@@ -632,6 +673,14 @@ def reproduce_cmd(
             summary = rebuild(from_results, specs=load_specs(tables), out=out, command=command)
         typer.echo(json.dumps(summary, indent=2))
         return
+
+    if load_profile(profile).models:
+        from promptintern.harness.plan import build_plan, confirm_plan, format_table
+
+        with contextlib.redirect_stdout(sys.stderr):
+            estimate = build_plan(profile, tables, tasks or None, [model] if model else None)
+        typer.echo(format_table(estimate), err=True)
+        confirm_plan(estimate, max_gpu_hours, max_usd, yes)  # raises PlanNotConfirmed (a one-line error)
 
     parts = ["promptintern reproduce", f"--profile {profile}", f"--tables {tables}"]
     parts += [f"--{k} {v}" for k, v in (("out", out), ("prices", prices), ("model", model)) if v is not None]

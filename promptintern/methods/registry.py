@@ -50,7 +50,7 @@ class Method:
     prefix_cached: bool = False
     #: Generation backends that can serve the method (``generation.backend`` in a profile). Methods with their
     #: own decoding loop (gist tokens, a shared prefix cache) are served by HF only.
-    backends: tuple[str, ...] = ("hf", "llamacpp", "openai")
+    backends: tuple[str, ...] = ("hf", "llamacpp", "openai", "vllm")
 
     def schedules(self, exp: Experiment) -> tuple[Schedule, Schedule]:
         raise NotImplementedError
@@ -85,7 +85,7 @@ class Method:
     def load(self, exp: Experiment, adapter: Path | None):
         """The model and tokenizer that serve the test prompts (for llamacpp: the llama.cpp generator over the
         model's GGUF and the adapter exported as a GGUF LoRA, with the HF tokenizer that renders prompts)."""
-        if exp.backend in ("llamacpp", "openai"):
+        if exp.backend in ("llamacpp", "openai", "vllm"):
             from promptintern.serving.models import load_tokenizer
 
             return _served(exp, adapter), load_tokenizer(exp.model)
@@ -103,8 +103,10 @@ class Method:
         from promptintern.serving.generate import generate
 
         rendered = [p.render(tok) for p in prompts]
-        if exp.backend == "llamacpp":  # the same token ids as HF would see
+        if exp.backend in ("llamacpp", "vllm"):  # the same token ids as HF would see
             ids = [tok(text, add_special_tokens=False)["input_ids"] for text in rendered]
+            if exp.backend == "vllm":  # one engine call; vLLM caches shared prefixes itself
+                return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop)
             return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop, reuse_prefix=exp.reuses_prefix)
         if exp.backend == "openai":
             from promptintern.serving.openai_backend import ServedPrompt
@@ -133,9 +135,18 @@ def _served(exp: Experiment, adapter: Path | None):
 
     generation = exp.profile.generation_for(exp.task_name)
     spec = generation.openai
+    if exp.backend == "vllm":
+        from promptintern.serving.models import resolve
+        from promptintern.serving.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(resolve(exp.model), adapter, max_model_len=exp.context_length,
+                             prefix_caching=exp.spec.prefix_cached, seed=exp.profile.seed,
+                             lora_name=f"{exp.task_name}-{exp.method}",
+                             tensor_parallel_size=generation.vllm_tensor_parallel_size)  # fmt: skip
     if exp.backend == "openai" and spec.base_url is not None:
         model = spec.model or exp.model
-        return OpenAIGenerator(spec.base_url, model, os.environ.get(spec.api_key_env), mode=spec.mode)
+        return OpenAIGenerator(spec.base_url, model, os.environ.get(spec.api_key_env), mode=spec.mode,
+                               server=spec.server)  # fmt: skip
     lora = adapter_gguf(adapter, exp.model) if adapter is not None else None
     if exp.backend == "llamacpp":
         workers = generation.llamacpp_workers or os.cpu_count() or 1
@@ -143,7 +154,7 @@ def _served(exp: Experiment, adapter: Path | None):
     server = LocalOpenAIServer(
         gguf_for(exp.model), lora=lora, n_ctx=exp.context_length, prefix_reuse=False
     ).start()
-    client = OpenAIGenerator(server.base_url, server.model_id, mode=spec.mode)
+    client = OpenAIGenerator(server.base_url, server.model_id, mode=spec.mode, server="llamacpp")
     client.close = server.stop
     return client
 
@@ -184,15 +195,17 @@ class PrefixCached(Fixed):
     computed once and reused (:mod:`promptintern.serving.prefix_cache`; on llama.cpp, its own match of the
     prompt's prefix with the tokens evaluated before)."""
 
-    backends = ("hf", "llamacpp")
+    backends = ("hf", "llamacpp", "vllm")
     #: Table 8 serves it by a server that reuses the shared prefix's key/values across requests.
     prefix_cached = True
 
     def generate(self, exp: Experiment, model, tok, prompts, all_prompts, max_new_tokens: int, stop=()) -> Iterator:
         from promptintern.serving.prefix_cache import PrefixCachedGenerator
 
-        if exp.backend == "llamacpp":
+        if exp.backend in ("llamacpp", "vllm"):  # their own prefix caches (vLLM: prefix caching on for this row)
             ids = [tok(p.render(tok), add_special_tokens=False)["input_ids"] for p in prompts]
+            if exp.backend == "vllm":
+                return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop)
             return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop, reuse_prefix=True)
 
         cached = PrefixCachedGenerator(model, tok)

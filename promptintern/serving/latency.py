@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
+from promptintern.serving.openai_backend import REPETITION_FIELD
 from promptintern.serving.server import LocalOpenAIServer
 
 #: Output cap of a warm-up request: it processes a whole prompt and decodes a few tokens, enough to warm both.
@@ -115,8 +116,10 @@ def stream_completion(
     stop: Sequence[str] = (),
     timeout: float = 600.0,
 ) -> tuple[float, float, int, str | None, str]:
-    """One streamed greedy completion: ``(ttft_s, total_s, token_chunks, finish_reason, text)``."""
-    body = {"prompt": prompt, "max_tokens": int(max_tokens), "temperature": 0.0, "top_p": 1.0, "stream": True}
+    """One streamed greedy completion: ``(ttft_s, total_s, token_chunks, finish_reason, text)``
+    (``repeat_penalty`` 1: llama-cpp-python's server otherwise applies 1.1 before its greedy pick)."""
+    body = {"prompt": prompt, "max_tokens": int(max_tokens), "temperature": 0.0, "top_p": 1.0, "stream": True,
+            REPETITION_FIELD["llamacpp"]: 1.0}  # fmt: skip
     if stop:
         body["stop"] = list(stop)
     url = f"{server.base_url}/completions"

@@ -50,6 +50,10 @@ def embedded_checkpoint() -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from promptintern import logs
+
+    logs.step(f"first use of the embedded model: converting {gguf.name} to a checkpoint in {target} (once)",
+              "promptintern")  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
@@ -95,8 +99,11 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_model(name: str, device: str | None = None, dtype: str | None = None):
-    """The causal LM ``name`` in eval mode on ``device`` (default: cuda if available, else cpu)."""
+def load_model(name: str, device: str | None = None, dtype: str | None = None, quantization: str | None = None):
+    """The causal LM ``name`` in eval mode on ``device`` (default: cuda if available, else cpu).
+
+    ``quantization="4bit"``: the weights in 4-bit NF4 with double quantization and ``dtype`` compute (QLoRA's
+    base model; bitsandbytes, CUDA only)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -104,11 +111,32 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None):
     torch_dtype = (
         getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     )
+    options: dict = {"dtype": torch_dtype}
+    if quantization is not None:
+        options |= {"quantization_config": _four_bit(quantization, device, torch_dtype), "device_map": {"": device}}
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(resolve(name), **options)
     except OSError as exc:
         raise ModelNotFoundError(f"cannot load model {name!r}: {exc}") from exc
-    return model.to(device).eval()
+    return (model if quantization is not None else model.to(device)).eval()
+
+
+def _four_bit(quantization: str, device: str, compute_dtype):
+    """transformers' ``BitsAndBytesConfig`` for QLoRA (NF4, double quantization), or a one-line error where
+    4-bit loading cannot work (not CUDA, bitsandbytes missing)."""
+    import importlib.util
+
+    from transformers import BitsAndBytesConfig
+
+    if quantization != "4bit":
+        raise ValueError(f"unknown quantization {quantization!r}; the one supported is '4bit'")
+    if not device.startswith("cuda"):
+        raise ValueError(f"train.quantization '4bit' needs a CUDA device (this run is on {device!r}); "
+                         "leave it unset on a CPU")  # fmt: skip
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("train.quantization '4bit' needs bitsandbytes: pip install bitsandbytes")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)  # fmt: skip
 
 
 def load_config(name: str) -> dict:

@@ -51,9 +51,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from promptintern import logs
 from promptintern.io import write_json
 from promptintern.methods.stages import TrainExample
-from promptintern.profile import TrainSettings
+from promptintern.profile import TrainSettings, train_key_fields
 from promptintern.serving.models import load_model, load_tokenizer
 from promptintern.training.chain import StagePlan, plan_stages, stage_steps
 from promptintern.training.collate import PadCollator, SharedPrefixCollator, encode, end_of_turn
@@ -121,7 +122,7 @@ def _config_dict(config: TrainConfig) -> dict:
     cfg.pop("output_dir")
     cfg.pop("stage_root")
     cfg["target_modules"] = list(cfg["target_modules"])
-    return cfg
+    return train_key_fields(cfg)
 
 
 def _stage_hash(examples: Sequence[TrainExample]) -> str:
@@ -281,8 +282,16 @@ def _stage_model(config: TrainConfig, previous: Path | None, seed: int, tokenize
     from transformers import set_seed
 
     device = _device(config)
-    base = load_model(config.model, device=device, dtype=_dtype(config, device))
+    base = load_model(config.model, device=device, dtype=_dtype(config, device), quantization=config.quantization)
     base.config.use_cache = False
+    if config.quantization is not None:  # QLoRA: norms in float32, inputs that carry gradients
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=config.gradient_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})  # fmt: skip
+    elif config.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()  # the frozen embeddings' output must carry gradients into the layers
     if hooks.prepare_base is not None:
         base = hooks.prepare_base(base, tokenizer)
     if previous is not None:
@@ -293,7 +302,7 @@ def _stage_model(config: TrainConfig, previous: Path | None, seed: int, tokenize
     return hooks.prepare_model(model) if hooks.prepare_model is not None else model
 
 
-def _training_args(config: TrainConfig, stage_dir: Path, seed: int, progress: bool, max_steps: int):
+def _training_args(config: TrainConfig, stage_dir: Path, seed: int, max_steps: int):
     from transformers import TrainingArguments
 
     device = _device(config)
@@ -318,7 +327,7 @@ def _training_args(config: TrainConfig, stage_dir: Path, seed: int, progress: bo
         use_cpu=not cuda,
         bf16=cuda and dtype == "bfloat16",
         fp16=cuda and dtype == "float16",
-        disable_tqdm=not progress,
+        disable_tqdm=True,  # our own bar (_stage_progress) instead, on a terminal only
         remove_unused_columns=False,
         dataloader_pin_memory=cuda,
         include_num_input_tokens_seen="non_padding",
@@ -415,9 +424,29 @@ def _collator(config: TrainConfig, tokenizer, hooks: StageHooks):
     return PadCollator(tokenizer.pad_token_id)
 
 
+def _stage_progress(index: int):
+    """A Trainer callback that advances its ``bar`` (a :class:`promptintern.logs.Bar`) to the global step and
+    writes the Trainer's log dicts (loss, learning rate, runtime) to the log file instead of stdout."""
+    from transformers import TrainerCallback
+
+    class StageProgress(TrainerCallback):
+        bar = logs.Bar()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step)
+
+        def on_log(self, args, state, control, **kwargs):
+            if kwargs.get("logs") and state.is_world_process_zero:
+                log.info("stage %d, step %d: %s", index, state.global_step, kwargs["logs"])
+
+    return StageProgress()
+
+
 def _train_stage(plan: StagePlan, stage_dir: Path, examples, config, tokenizer, eot, previous, run) -> None:
     """Train stage ``plan.index`` into ``stage_dir``, starting from the adapter (and, ``continuous``, the
     optimizer state) in the stage folder ``previous``; ``run``: progress, callbacks and hooks."""
+    from transformers.trainer_callback import PrinterCallback
+
     from promptintern.training.stage_trainer import OPTIMIZER_FILE, StageTrainer
 
     progress, callbacks, hooks = run
@@ -425,13 +454,15 @@ def _train_stage(plan: StagePlan, stage_dir: Path, examples, config, tokenizer, 
     seed = config.seed + index - 1
     dataset, stats = _encode_stage(index, examples, tokenizer, eot, config.max_length, hooks.render)
     continuous = config.optimizer == "continuous"
+    steps = _stage_progress(index)
     trainer = StageTrainer(
         model=_stage_model(config, previous / "adapter" if previous else None, seed, tokenizer, hooks),
-        args=_training_args(config, stage_dir, seed, progress, plan.steps),
+        args=_training_args(config, stage_dir, seed, plan.steps),
         data_collator=_collator(config, tokenizer, hooks),
         train_dataset=dataset,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, steps],
     )
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; _stage_progress logs them
     trainer.answer_only = _answer_only(config, hooks)
     if continuous:
         trainer.schedule = (plan.offset, plan.total)
@@ -443,7 +474,9 @@ def _train_stage(plan: StagePlan, stage_dir: Path, examples, config, tokenizer, 
         json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
     )
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with logs.progress(plan.steps, f"train stage {index}", enabled=progress and is_main_process()) as steps.bar:
+        steps.bar.update(first_step)
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     wall = time.perf_counter() - start
     computed = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     share = (trainer.state.global_step - first_step) / plan.steps
