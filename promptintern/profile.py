@@ -191,6 +191,8 @@ class OpenAISpec(_Strict):
     #: The kind of server at ``base_url``: ``vllm`` and ``llamacpp`` also get their repetition penalty set to 1
     #: (off), which they would otherwise take from the model or their own default (:mod:`...openai_backend`).
     server: Literal["openai", "vllm", "llamacpp"] = "openai"
+    #: Seconds between polls of a fine-tuning job (``openai:<model>`` models trained through the API).
+    finetune_poll_s: float = Field(30.0, ge=0.0)
 
 
 Backend = Literal["hf", "llamacpp", "openai", "vllm", "auto"]

@@ -321,3 +321,37 @@ def test_chat_completions_carry_the_paper_decoding(server, client, stage_files, 
     assert answer["usage"]["total_tokens"] > 0
     with pytest.raises(Exception, match="does not exist"):
         client.chat("ft:gpt-3.5-turbo-0125:nobody::x", [{"role": "user", "content": "hi"}])
+
+
+# -- the harness: an `openai:<model>` experiment trains and serves through the API ----------------------------
+
+
+def test_promptintern_on_an_api_model_trains_three_chained_jobs_and_serves_the_last(tmp_path, monkeypatch):
+    """`reproduce`'s path for the GPT rows: the experiment writes its stage datasets as chat JSONL, runs one
+    fine-tuning job per stage (each from the previous stage's model), answers the test queries through chat
+    completions of the final model with the paper's decoding, and a rerun reuses the finished jobs."""
+    from promptintern.harness.experiment import Experiment
+    from promptintern.profile import load_profile
+    from promptintern.serving.openai_stub_server import StubOpenAIServer
+
+    monkeypatch.setenv("PROMPTINTERN_HOME", str(tmp_path / "home"))
+    with StubOpenAIServer(polls_to_succeed=1, answers=lambda model, messages: "```bash\nls -l\n```") as server:
+        profile = tmp_path / "api.yaml"
+        profile.write_text("extends: smoke\nname: api\nmodel: openai:gpt-3.5-turbo-0125\n"
+                           f"generation: {{openai: {{base_url: '{server.base_url}', finetune_poll_s: 0}}}}\n")  # fmt: skip
+        exp = Experiment("nl2bash", "promptintern", load_profile(str(profile)))
+        assert exp.backend == "openai" and exp.unavailable() is None
+        scores = exp.evaluate(progress=False)
+        jobs = [r["body"] for r in server.recorded("POST", "/v1/fine_tuning/jobs")]
+        chats = [r["body"] for r in server.recorded("POST", "/v1/chat/completions")]
+        state = json.loads((exp.train_config().output_dir / "openai-ft.json").read_text())
+        assert Experiment("nl2bash", "gist", load_profile(str(profile))).unavailable()  # needs the weights
+        Experiment("nl2bash", "promptintern", load_profile(str(profile))).train(progress=False)  # a rerun
+        assert len(server.recorded("POST", "/v1/fine_tuning/jobs")) == 3  # no new job
+    assert len(jobs) == 3 and jobs[0]["model"] == "gpt-3.5-turbo-0125"
+    finals = [s["fine_tuned_model"] for s in state["stages"]]
+    assert [j["model"] for j in jobs[1:]] == finals[:2]
+    assert len(chats) == len(exp.test_set) and {c["model"] for c in chats} == {finals[2]}
+    assert all({k: c[k] for k in PAPER_DECODING} == PAPER_DECODING for c in chats)
+    assert chats[0]["messages"][-1]["role"] == "user" and scores["n"] == len(exp.test_set)
+    assert state["trained_tokens"] > 0 and state["cost_usd"] > 0

@@ -41,6 +41,7 @@ from promptintern.methods.stages import (
 )
 from promptintern.paths import home
 from promptintern.profile import Profile, TrainSettings, train_key_fields
+from promptintern.prompting.tokens import OPENAI_PREFIX
 from promptintern.tasks import Instance, Task, Template, get_task, resolve_task
 
 #: Generation backends (``generation.backend``, ``--backend``).
@@ -117,8 +118,12 @@ class Experiment:
 
     def unavailable(self) -> str | None:
         """Why this experiment cannot run here (no model is loaded to find out), else None."""
+        if self.model.startswith(OPENAI_PREFIX) and "openai" not in self.spec.backends:
+            return (f"{self.method} needs the model's weights; {self.model} is fine-tuned and served through its "
+                    "API only")  # fmt: skip
         local_server = (
             self.backend == "openai" and self.profile.generation_for(self.task_name).openai.base_url is None
+            and not self.model.startswith(OPENAI_PREFIX)
         )
         if self.backend == "vllm":
             from promptintern.serving.vllm_backend import unavailable as vllm_unavailable
@@ -244,6 +249,8 @@ class Experiment:
     def requested_backend(self) -> str:
         """The backend asked for, if the method supports it, else ``hf`` (gist and prefix-cached decode with
         their own HF loops); ``auto`` needs both hf and llamacpp, and a GGUF for the model."""
+        if self.model.startswith(OPENAI_PREFIX):  # an API model is trained and served through its API only
+            return "openai"
         requested = self.backend_override or self.profile.generation_for(self.task_name).backend
         if requested == "auto":
             from promptintern.harness.backend_choice import auto_candidates

@@ -44,7 +44,6 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -52,8 +51,8 @@ import yaml
 
 from promptintern.errors import UserError
 from promptintern.profile import ModelSpec, Profile, TrainSpec, load_profile
+from promptintern.training.openai_ft import FINETUNE_PRICES_FILE
 
-FINETUNE_PRICES_FILE = Path(__file__).resolve().parents[1] / "evaluation" / "finetune_prices.yaml"
 CHARS_PER_TOKEN = 4.0
 #: Instances per split whose mean lengths stand for the split.
 SAMPLE = 2000

@@ -536,7 +536,7 @@ def reproduce(
         for i, job in enumerate(work.jobs, 1):
             kept = _from_archive(job, archived, store)
             if kept is not None:
-                _say(f"{i}/{len(work.jobs)} {job.name}: {kept.status} (kept from {out / ROWS_FILE})", progress)
+                _say(f"{i}/{len(work.jobs)} {job.name}: {kept.status} (kept: exported by an earlier run)", progress)
                 log.append({"experiment": job.name, "status": kept.status, "reason": kept.reason, "wall_s": 0.0,
                             "compute_s": kept.wall_s or 0.0, "archived": True})  # fmt: skip
                 continue

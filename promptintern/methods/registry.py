@@ -29,6 +29,7 @@ from promptintern.baselines import (
     CompressionBaseline,
 )
 from promptintern.methods.schedule import Schedule
+from promptintern.prompting.tokens import OPENAI_PREFIX
 
 if TYPE_CHECKING:
     from promptintern.harness.experiment import Experiment
@@ -78,6 +79,10 @@ class Method:
         return 0
 
     def train(self, exp: Experiment, datasets, config, progress: bool) -> Path:
+        if exp.model.startswith(OPENAI_PREFIX):  # fine-tuned through the API: one job per stage
+            from promptintern.training.openai_ft import train_through_api
+
+            return train_through_api(exp, datasets, Path(config.output_dir))
         from promptintern.training.trainer import train_progressive
 
         return train_progressive(datasets, config, progress=progress)
@@ -85,6 +90,10 @@ class Method:
     def load(self, exp: Experiment, adapter: Path | None):
         """The model and tokenizer that serve the test prompts (for llamacpp: the llama.cpp generator over the
         model's GGUF and the adapter exported as a GGUF LoRA, with the HF tokenizer that renders prompts)."""
+        if exp.model.startswith(OPENAI_PREFIX):  # an API model: chat completions, cl100k counts
+            from promptintern.training.openai_ft import ApiTokenizer, served_through_api
+
+            return served_through_api(exp, adapter), ApiTokenizer()
         if exp.backend in ("llamacpp", "openai", "vllm"):
             from promptintern.serving.models import load_tokenizer
 

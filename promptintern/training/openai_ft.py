@@ -621,3 +621,57 @@ class PaperChatGenerator(OpenAIGenerator):
         body["max_tokens"] = int(self.max_tokens if self.max_tokens is not None else max_new_tokens)
         return body
 
+
+
+# -- the harness's API models (``openai:<model>``) ------------------------------------------------------------
+
+#: Dated fine-tuning training prices (USD per 1K trained tokens), also read by ``promptintern plan``.
+FINETUNE_PRICES_FILE = Path(__file__).resolve().parents[1] / "evaluation" / "finetune_prices.yaml"
+
+
+def training_prices(path: str | os.PathLike = FINETUNE_PRICES_FILE) -> TrainingPrices:
+    """The models of ``finetune_prices.yaml`` that have a public training price, per 1M tokens."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    per_1m = {name: float(spec["training"]) * 1000 for name, spec in (data.get("models") or {}).items()
+              if (spec or {}).get("training") is not None}  # fmt: skip
+    return TrainingPrices(per_1m, as_of=str(data.get("as_of", "")), source=" ".join(str(data.get("source", "")).split()))
+
+
+class ApiTokenizer:
+    """What the harness asks of a tokenizer, for an API model: no chat template (prompts go to the API as chat
+    messages; :meth:`Prompt.render` then gives the plain text) and cl100k token ids for counting."""
+
+    chat_template = None
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        from promptintern.prompting.tokens import tiktoken_encoding
+
+        return {"input_ids": tiktoken_encoding().encode(text, disallowed_special=())}
+
+
+def train_through_api(exp: Any, datasets: Sequence[Iterable[Any]], directory: Path) -> Path:
+    """Fine-tune ``exp``'s API model (``openai:<model>``) on its stage datasets through the fine-tuning API at
+    the profile's ``generation.openai`` endpoint (one job per stage, resumable); the state file, which
+    :func:`load_result` reads back, stands for the adapter. Costs use :func:`training_prices` where the model has
+    a price, else only the trained tokens are recorded."""
+    spec = exp.profile.generation_for(exp.task_name).openai
+    base = exp.model.removeprefix("openai:")
+    prices: TrainingPrices | None = training_prices()
+    try:
+        prices.price(base)
+    except FineTuneError:
+        prices = None
+    client = FineTuneClient(spec.base_url, os.environ.get(spec.api_key_env))
+    finetune_stage_datasets(datasets, directory, base, client, prices=prices, seed=exp.profile.seed,
+                            poll_interval=spec.finetune_poll_s)  # fmt: skip
+    return directory / "openai-ft.json"
+
+
+def served_through_api(exp: Any, adapter: Path | None) -> PaperChatGenerator:
+    """The chat-completions client of ``exp``'s API model: the fine-tuned model of ``adapter`` (a state file of
+    :func:`train_through_api`), else the base model, with the paper's decoding."""
+    spec = exp.profile.generation_for(exp.task_name).openai
+    model = load_result(adapter).model_id if adapter is not None else exp.model.removeprefix("openai:")
+    return PaperChatGenerator(spec.base_url, model, os.environ.get(spec.api_key_env))

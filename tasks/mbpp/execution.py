@@ -13,8 +13,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
-
+from promptintern import logs
 from promptintern.sandbox import Backend, ExecResult, Limits, get_backend
 
 #: Defaults for MBPP.  All 500 test-split references pass even at 3 processes, 200 MB and 16 fds; the
@@ -83,11 +82,9 @@ def run_candidates(
     limits = limits or MBPP_LIMITS
     workers = max(1, workers or min(4, os.cpu_count() or 1))
     outcomes: list[ExecutionOutcome | None] = [None] * len(jobs)
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
-        total=len(jobs), desc=f"MBPP exec ({sandbox.name})", unit="prog", disable=not progress
-    ) as bar:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(_run_one, sandbox, job, limits): i for i, job in enumerate(jobs)}
-        for future in as_completed(futures):
+        for future in logs.track(as_completed(futures), f"MBPP exec ({sandbox.name})", total=len(jobs),
+                                 enabled=progress):  # fmt: skip
             outcomes[futures[future]] = future.result()
-            bar.update()
     return [outcome for outcome in outcomes if outcome is not None]
