@@ -1,6 +1,7 @@
 """`promptintern reproduce` end to end: smoke profile, tiny random model, tiny table specs."""
 
 import json
+from pathlib import Path
 
 import pytest
 import typer
@@ -288,3 +289,35 @@ def load_specs_from(directory):
     from promptintern.harness.tables import load_specs
 
     return load_specs("9", directory)
+
+
+def test_models_run_one_reproduce_per_model_and_a_table_with_a_row_per_model(tmp_path, tiny_model_dir, monkeypatch):
+    """`reproduce --models`: each model of the profile runs the tables with its own training overrides into
+    results/<profile>/<model>/, and table<id>-models.md has one row per model (the paper's Tables 2-4 layout)."""
+    import shutil
+
+    from promptintern.cli import app
+
+    twin = tmp_path / "twin"  # a second model: the same tiny weights under another path
+    shutil.copytree(tiny_model_dir, twin)
+    specs = _spec(tmp_path / "specs", 9, "{label: FT none, method: ft-none}")
+    profile = tmp_path / "two.yaml"
+    profile.write_text(f"extends: smoke\nname: two\nmodel: {tiny_model_dir}\nmodels:\n"
+                       f"  - {{id: '{tiny_model_dir}', name: Tiny A}}\n"
+                       f"  - {{id: '{twin}', name: Tiny B, train: {{lora_r: 2}}}}\n")  # fmt: skip
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["reproduce", "--profile", str(profile), "--tables", str(specs / "table9.yaml"),
+                                      "--out", str(out), "--quiet", "--full"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.stdout)
+    assert [r["model"] for r in runs] == [str(tiny_model_dir), str(twin)]
+    assert all(r["rows"] == {"ok": 1, "not run": 0, "failed": 0} for r in runs)
+    assert (out / "Tiny-A" / "table9.md").is_file() and (out / "Tiny-B" / "table9.md").is_file()
+    table = (out / "table9-models.md").read_text().splitlines()
+    body = [line for line in table if line.startswith("| [Tiny")]
+    assert [line.split("]")[0] for line in body] == ["| [Tiny A", "| [Tiny B"] and all("—" not in b for b in body)
+    with ResultsStore() as store:  # the model's own training override reached its experiment
+        rows = {r.model: r for r in store.rows("9", "two")}
+    keys = {m: json.loads((Path(rows[m].directory) / "settings.json").read_text())["train"]["lora_r"] for m in rows}
+    assert keys == {str(tiny_model_dir): 4, str(twin): 2}

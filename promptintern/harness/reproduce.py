@@ -656,6 +656,11 @@ def reproduce_cmd(
         help="Rebuild the store, tables, plots and claims from an exported results folder (e.g. results/cpu-full) "
         "without training or generating.",
     ),
+    models: str | None = typer.Option(
+        None, "--models", help="Comma-separated models of the profile (ids or paper names): one run per model, "
+        "tables under results/<profile>/<model>/ and one row per model in table<id>-models.md (default for a "
+        "profile that lists models and no --model: all of them).",
+    ),
     yes: bool = typer.Option(False, "--yes", help="Run even when the plan exceeds --max-gpu-hours or --max-usd."),
     max_gpu_hours: float = typer.Option(24.0, "--max-gpu-hours", help="Ask before a plan of more GPU hours."),
     max_usd: float = typer.Option(50.0, "--max-usd", help="Ask before a plan of more API dollars."),
@@ -674,11 +679,19 @@ def reproduce_cmd(
         typer.echo(json.dumps(summary, indent=2))
         return
 
-    if load_profile(profile).models:
+    base = load_profile(profile)
+    names = [m.strip() for m in (models or "").split(",") if m.strip()]
+    chosen = None
+    if names or (base.models and model is None):
+        from promptintern.harness.plan import profile_models
+
+        chosen = profile_models(base, names)
+    if base.models:
         from promptintern.harness.plan import build_plan, confirm_plan, format_table
 
+        planned = [m.id for m in chosen] if chosen else [model] if model else None
         with contextlib.redirect_stdout(sys.stderr):
-            estimate = build_plan(profile, tables, tasks or None, [model] if model else None)
+            estimate = build_plan(profile, tables, tasks or None, planned)
         typer.echo(format_table(estimate), err=True)
         confirm_plan(estimate, max_gpu_hours, max_usd, yes)  # raises PlanNotConfirmed (a one-line error)
 
@@ -687,6 +700,18 @@ def reproduce_cmd(
     parts += ["--full"] if full else []
     parts += [f"--task {t}" for t in tasks or ()]
     parts += [f"--backend {backend}"] if backend else []
+    options = dict(progress=not quiet, prices=prices, sizing=False if full else None, tasks=tasks or None,
+                   backend=backend)  # fmt: skip
+    if chosen is not None:
+        from promptintern.harness.models_run import reproduce_models
+
+        parts += [f"--models {models}"] if models else []
+        with contextlib.redirect_stdout(sys.stderr), ResultsStore() as store:
+            runs = reproduce_models(reproduce, base, chosen, Path(out) if out else Path("results") / base.name,
+                                    load_specs(tables), store, tables=tables, command=" ".join(parts), **options)  # fmt: skip
+        keep = ("profile", "model", "rows", "wall_s")
+        typer.echo(json.dumps([{k: summary[k] for k in keep} for summary in runs], indent=2))
+        return
     with contextlib.redirect_stdout(sys.stderr):  # library chatter stays off stdout
         summary = reproduce(
             profile,
