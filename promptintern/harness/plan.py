@@ -50,6 +50,7 @@ import typer
 import yaml
 
 from promptintern.errors import UserError
+from promptintern.harness.reproduce import profile_option, tables_option
 from promptintern.profile import ModelSpec, Profile, TrainSpec, load_profile
 from promptintern.training.openai_ft import FINETUNE_PRICES_FILE
 
@@ -442,8 +443,8 @@ def confirm_plan(plan: Sequence[dict[str, Any]], threshold_gpu_hours: float, thr
 
 
 def plan_cmd(
-    profile: str = typer.Option("paper", "--profile", help="smoke, cpu, paper, or a profile YAML path."),
-    tables: str = typer.Option("1,2,3,4,5,6,7,8", "--tables", help="Comma-separated paper table numbers."),
+    profile: str = profile_option("paper"),
+    tables: str = tables_option(),
     tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated tasks replacing the tables' tasks."),
     models: str | None = typer.Option(
         None, "--models", help="Comma-separated model ids or paper names of the profile (default: all)."

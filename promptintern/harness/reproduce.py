@@ -625,9 +625,17 @@ def reproduce(
             store.close()
 
 
+def profile_option(default: str):
+    return typer.Option(default, "--profile", help="smoke, cpu, paper, or a profile YAML path.")
+
+
+def tables_option():
+    return typer.Option("1,2,3,4,5,6,7,8", "--tables", help="Comma-separated paper table numbers.")
+
+
 def reproduce_cmd(
-    profile: str = typer.Option("cpu", "--profile", help="smoke, cpu, paper, or a profile YAML path."),
-    tables: str = typer.Option("1,2,3,4,5,6,7,8", "--tables", help="Comma-separated paper table numbers."),
+    profile: str = profile_option("cpu"),
+    tables: str = tables_option(),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: results/<profile>)."),
     prices: Path | None = typer.Option(
         None, "--prices", help="Price YAML merged over promptintern/evaluation/prices.yaml."

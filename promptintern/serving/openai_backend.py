@@ -125,6 +125,17 @@ class ServedPrompt:
     input_tokens: int | None = None
 
 
+def json_object(raw: bytes | str, where: str, error: type[Exception]) -> dict:
+    """The JSON object an API answered, or ``error`` naming ``where`` and an excerpt of what came instead."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise error(f"{where}: the answer is not JSON: {excerpt(raw)}") from None
+    if not isinstance(data, dict):
+        raise error(f"{where}: the answer is not a JSON object: {excerpt(raw)}")
+    return data
+
+
 def excerpt(data: bytes | str, chars: int = 200) -> str:
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     text = " ".join(text.split())
@@ -227,13 +238,7 @@ class OpenAIGenerator:
         except (OSError, http.client.HTTPException) as exc:
             raise OpenAIBackendError(f"POST {self.url} failed: {exc}") from None
         elapsed = time.perf_counter() - begin
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise OpenAIBackendError(f"POST {self.url}: the answer is not JSON: {excerpt(raw)}") from None
-        if not isinstance(data, dict):
-            raise OpenAIBackendError(f"POST {self.url}: the answer is not a JSON object: {excerpt(raw)}")
-        return data, elapsed
+        return json_object(raw, f"POST {self.url}", OpenAIBackendError), elapsed
 
     def _text(self, data: dict) -> str:
         try:

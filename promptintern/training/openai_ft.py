@@ -39,7 +39,7 @@ from typing import Any
 
 from promptintern.io import atomic_write_text, sha256_file, write_json
 from promptintern.serving.openai_backend import PAPER_DECODING as BACKEND_DECODING
-from promptintern.serving.openai_backend import OpenAIGenerator, ServedPrompt, excerpt
+from promptintern.serving.openai_backend import OpenAIGenerator, ServedPrompt, excerpt, json_object
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: The request fields of the paper's inference runs (Appendix A.2): the sampling settings of
@@ -259,13 +259,7 @@ class FineTuneClient:
                 raise FineTuneError(f"{method} {url}: no answer within {self.timeout:g} s") from None
             except (OSError, http.client.HTTPException) as exc:
                 raise FineTuneError(f"{method} {url} failed: {_one_line(exc)}") from None
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            raise FineTuneError(f"{method} {url}: the answer is not JSON: {excerpt(raw)}") from None
-        if not isinstance(answer, dict):
-            raise FineTuneError(f"{method} {url}: the answer is not a JSON object: {excerpt(raw)}")
-        return answer
+        return json_object(raw, f"{method} {url}", FineTuneError)
 
     def upload_file(self, path: str | os.PathLike, purpose: str = "fine-tune") -> dict:
         """``POST /files`` (multipart): the file object (``id``)."""
