@@ -230,3 +230,23 @@ def test_four_bit_base_needs_cuda_and_says_so(tiny_model_dir, tmp_path):
     config = make_config(tiny_model_dir, tmp_path / "q", quantization="4bit", device="cpu")
     with pytest.raises(ValueError, match=r"train\.quantization '4bit' needs a CUDA device"):
         train_progressive(make_stages(4)[:1], config, progress=False)
+
+
+def test_on_cuda_the_memory_estimate_is_printed_and_a_config_that_cannot_fit_stops_first(tiny_model_dir, tmp_path,
+                                                                                        monkeypatch, capsys):  # fmt: skip
+    """The check runs before any model is loaded: a (pretended) 1 GiB GPU cannot hold the estimate's fixed
+    workspace, so training stops with the one-line error; an 80 GiB one prints the estimate and goes on."""
+    from types import SimpleNamespace
+
+    from promptintern.training.memory import DoesNotFitError
+    from promptintern.training.trainer import check_memory
+
+    gpu = SimpleNamespace(total_memory=1 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: gpu)
+    config = make_config(tiny_model_dir, tmp_path / "m")
+    check_memory(config, "cpu")  # no GPU: nothing to check
+    with pytest.raises(DoesNotFitError, match="more than the 1 GiB GPU"):
+        check_memory(config, "cuda:0")
+    gpu.total_memory = 80 * 2**30
+    check_memory(config, "cuda:0")
+    assert "training memory estimate" in capsys.readouterr().err

@@ -259,6 +259,26 @@ def _device(config: TrainConfig) -> str:
     return "cpu"
 
 
+def check_memory(config: TrainConfig, device: str) -> None:
+    """On a CUDA device: print the training memory estimate (:mod:`promptintern.training.memory`) and raise its
+    one-line :class:`~promptintern.training.memory.DoesNotFitError` instead of running out of memory."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    from promptintern.serving.models import resolve
+    from promptintern.training.memory import UnknownArchitectureError, check_fits, estimate_for
+
+    try:
+        estimate = estimate_for(resolve(config.model), config)
+    except UnknownArchitectureError as exc:
+        logs.step(f"no training memory estimate for {config.model}: {exc}", "train")
+        return
+    gib = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
+    logs.step(f"training memory estimate for {config.model}: {estimate.summary()} (GPU {gib:.0f} GiB)", "train")
+    check_fits(estimate, gib)
+
+
 def _dtype(config: TrainConfig, device: str) -> str:
     return config.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
 
@@ -551,6 +571,7 @@ def train_progressive(
     out.mkdir(parents=True, exist_ok=True)
     found = fingerprint(stages, config, hooks.settings)
     _check_or_record(out, found)
+    check_memory(config, _device(config))
     tokenizer = hooks.tokenizer if hooks.tokenizer is not None else load_tokenizer(config.model)
     tokenizer.padding_side = "right"
     eot = end_of_turn(tokenizer)
