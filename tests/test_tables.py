@@ -204,6 +204,12 @@ def test_latency_layout_speedup(tmp_path):
     assert "Speedup reference: NL2Bash: zero-shot-full." in md
     assert "Test instances per task: MBPP n = — (no result); NL2F n = — (no result); " in md
     assert "NL2Bash n = 20 (latency: 10 requests per row)." in md
+    # a row with only its in-process generation time (e.g. kept from an archive, no adapter to serve) is not
+    # comparable with the server's requests: no latency and no speedup
+    kept = _row("ft-none", table_id="8", value=1.2, n=20, latency_s_mean=0.3, latency_source=None)
+    md2 = write_table(spec, [*rows, kept], tmp_path / "kept", profile="cpu", model="embedded")[0].read_text()
+    assert "| FT: no template " + missing * 2 + "| —³ " + "| — " * 5 + "|" in md2  # before Gist's row
+    assert "³ latency not measured through the server" in md2
     csv_text = (tmp_path / "table8.csv").read_text()
     assert "promptintern,,nl2bash,0,ok,,2,,,20,,,,,,,,0.5,0.1,0.0125,33,10,server,8,,,,0.0001,," in csv_text
 

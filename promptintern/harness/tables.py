@@ -309,7 +309,7 @@ class _Grid:
         for task in spec.tasks:
             for method in spec.reference:
                 ref = _ok(self.cells.get((method, "", task)))
-                if ref is not None and ref.latency_s_mean:
+                if ref is not None and ref.latency_s_mean and _served(ref):
                     self.reference[task] = ref
                     break
 
@@ -321,7 +321,7 @@ class _Grid:
 
     def speedup(self, row: RunRow | None) -> float | None:
         ref = self.reference.get(row.task) if row is not None else None
-        if _ok(row) is None or ref is None or not row.latency_s_mean:
+        if _ok(row) is None or ref is None or not row.latency_s_mean or not _served(row):
             return None
         return ref.latency_s_mean / row.latency_s_mean
 
@@ -380,6 +380,9 @@ class _Grid:
             source = ok.latency_source or ""
             if source.startswith("not measured"):
                 latency = "—" + notes.mark("latency " + source)
+            elif not _served(ok):  # e.g. kept from an archive without adapters: no server to measure it with
+                latency = "—" + notes.mark("latency not measured through the server (only the in-process "
+                                           "generation time is recorded, which is not comparable)")  # fmt: skip
             else:
                 latency = _num(ok.latency_s_mean, ".3f")
             return [
@@ -405,6 +408,11 @@ class _Grid:
         if row is None or not row.cost_ft_gpt35_usd_per_instance or not ref.cost_ft_gpt35_usd_per_instance:
             return None
         return row, ref, 1 - row.cost_ft_gpt35_usd_per_instance / ref.cost_ft_gpt35_usd_per_instance
+
+
+def _served(row: RunRow) -> bool:
+    """Table 8's latency of ``row`` was measured through the server (the only comparable measurement)."""
+    return row.latency_source == "server"
 
 
 def _metric_value(row: RunRow) -> str:
