@@ -229,7 +229,7 @@ def test_seeded_rows_claims_export_and_rebuild_from_results(tmp_path, tiny_model
 
     specs = _spec(tmp_path / "specs", 9, "{label: Query only, method: zero-shot}", "{label: FT none, method: ft-none}")
     sizing = tmp_path / "sizing.yaml"
-    sizing.write_text("profiles:\n  smoke:\n    seeds: [0, 1]\n    seeded: [ft-none]\n")
+    sizing.write_text(f"profiles:\n  smoke:\n    seeds: [0, 1]\n    seeded: [ft-none]\n    reuse: [{tmp_path / 'out'}]\n")
     out, model = tmp_path / "out", str(tiny_model_dir)
     kw = dict(model=model, out=out, spec_dir=specs, sizing=sizing, progress=False)
     with ResultsStore(tmp_path / "r.sqlite") as store:

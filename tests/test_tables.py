@@ -234,6 +234,8 @@ def test_cpu_sizing_is_documented_and_applies():
     sizing = load_sizing("cpu")
     assert sizing.tasks == ("nl2bash",) and "60-minute budget" in sizing.reason
     assert not sizing.overrides  # the subset sizes live in the cpu profile itself
+    # a fresh clone's `make reproduce` recomputes everything; cpu-full resumes its pieces and keeps cpu's runs
+    assert sizing.reuse == () and load_sizing("cpu-full").reuse == ("results/cpu-full", "results/cpu")
     cpu = load_profile("cpu").task("nl2bash")
     assert (cpu.train_limit, cpu.test_limit) == (32, 100)
     assert sizing.skips(RowSpec(label="x", method="ft-template"))

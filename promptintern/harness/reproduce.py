@@ -84,9 +84,11 @@ class Sizing:
     #: Training seeds of the ``seeded`` rows ("method" or "method/variant"); other rows use the profile's seed.
     seeds: tuple[int, ...] = ()
     seeded: tuple[str, ...] = ()
-    #: Results folders of other profiles (e.g. ``results/cpu``) whose exported experiments are kept when one has
-    #: the same settings key as a job here: the key covers model, data subsets, method and settings, so it is
-    #: the same experiment; the copy is exported into this profile's folder with the rest.
+    #: Results folders (this profile's own, for a run in pieces over several sittings, or another profile's,
+    #: e.g. ``results/cpu``) whose exported experiments are kept when one has the same settings key as a job
+    #: here: the key covers model, data subsets, method and settings, so it is the same experiment; the copy is
+    #: exported into this profile's folder with the rest. Empty (the cpu profile): every experiment runs, as a
+    #: reproduction from a fresh clone should, and Table 8 can serve every trained adapter.
     reuse: tuple[str, ...] = ()
 
     def seeds_for(self, row: RowSpec, default: int) -> tuple[int, ...]:
@@ -407,13 +409,13 @@ def _render(store: ResultsStore, specs, out: Path, base: Profile, model: str, co
     return paths, rows
 
 
-def _archived(out: Path, reuse: tuple[str, ...] = ()) -> dict[str, RunRow]:
-    """Ok rows of an earlier sitting exported to ``out`` (``rows.jsonl``), then of the ``reuse`` folders, by
-    settings key (the first folder holding a key wins)."""
+def _archived(reuse: tuple[str, ...]) -> dict[str, RunRow]:
+    """Ok rows exported to the ``reuse`` folders (``rows.jsonl``: earlier sittings, other profiles), by settings
+    key (the first folder holding a key wins)."""
     from promptintern.harness.archive import ArchiveError, read_rows
 
     found: dict[str, RunRow] = {}
-    for folder in (out, *map(Path, reuse)):
+    for folder in map(Path, reuse):
         try:
             rows = read_rows(folder) if (folder / ROWS_FILE).is_file() else []
         except ArchiveError as exc:
@@ -531,7 +533,7 @@ def reproduce(
             )
         full_tokens = ReferenceTokens(base, model, FULL_PROMPT)
         template_tokens = ReferenceTokens(base, model, TEMPLATE_ONLY)
-        archived = _archived(out, size.reuse if size else ())
+        archived = _archived(size.reuse if size else ())
         log = []
         for i, job in enumerate(work.jobs, 1):
             kept = _from_archive(job, archived, store)
