@@ -109,6 +109,34 @@ def test_equivalence_and_ratio_claims(tmp_path):
     assert h2["verdict"] == "reproduced" and h2["diff"] == pytest.approx(4.0) and h2["n_test"] == 3
 
 
+def test_rows_with_more_test_instances_are_compared_on_the_shared_ones(tmp_path):
+    """A sizing's row_overrides may give a claim's rows more test instances than the others: each claim pairs its
+    two sides on the instances both have, so a row is compared with another on the other's instances."""
+    n = 20
+    long_pi = [_run(tmp_path, "promptintern", s, REFS) for s in (0, 1)]  # all 30 instances, perfect answers
+    short = tmp_path / "short"
+    short.mkdir()
+    ft = [_run(short, "ft-none", s, _noisy(2)) for s in (0, 1)]  # the first 20 only
+    for r in ft:
+        folder = r.directory
+        for name in ("scores.jsonl", "predictions.jsonl"):
+            lines = (tmp_path / folder / name).read_text().splitlines()[:n]
+            (tmp_path / folder / name).write_text("".join(line + "\n" for line in lines))
+    ft = [dataclasses.replace(r, n=n) for r in ft]
+    same = [_run(tmp_path, "ft-compressed", s, REFS, tokens=[600] * len(REFS)) for s in (0, 1)]
+    full = _run(short, "ft-full", 0, REFS, tokens=[1000] * len(REFS))
+    cut = tmp_path / full.directory / "predictions.jsonl"
+    cut.write_text("".join(line + "\n" for line in cut.read_text().splitlines()[:n]))
+    records = {r["id"]: r for r in evaluate_claims(long_pi + ft + same + [full], ["nl2bash"])}
+    a, b, h1 = records["a"], records["b"], records["h1"]
+    metric = get_task("nl2bash").metric
+    first = [json.loads(line) for line in (tmp_path / ft[0].directory / "scores.jsonl").read_text().splitlines()]
+    expected = 100.0 - metric.aggregate(first)["bleu"]  # promptintern is perfect: 100 on every subset
+    assert a["n_test"] == n and a["diff"] == pytest.approx(expected) and a["a_value"] == pytest.approx(100.0)
+    assert b["n_test"] == len(REFS) and b["diff"] == pytest.approx(0.0)
+    assert h1["n_test"] == n and h1["diff"] == pytest.approx(95.0)
+
+
 def test_verdict_rules():
     greater = ClaimSpec(id="x", claim="a > b", kind="greater", a="p", b="q")
     assert [verdict(greater, *ci) for ci in ((1, 3), (-3, -1), (-1, 3))] == ["reproduced", "contradicted", "inconclusive"]

@@ -179,6 +179,34 @@ def test_sizing_records_skipped_cells_as_not_run(tmp_path, tiny_model_dir):
     )
 
 
+def test_sizing_row_overrides_give_one_row_more_test_instances(tmp_path, tiny_model_dir):
+    """row_overrides reach only that row's experiments; its × uses the template-only prompt on its own test
+    instances, the table marks its different n, and the provenance records the overrides."""
+    from promptintern.harness.reproduce import apply_overrides
+
+    specs = _spec(tmp_path / "specs", 9, "{label: Query only, method: zero-shot}",
+                  "{label: Full, method: zero-shot-full}")  # fmt: skip
+    sizing = tmp_path / "sizing.yaml"
+    sizing.write_text(
+        "profiles:\n  smoke:\n    overrides: {tasks: {nl2f: {test_limit: 2}}}\n"
+        "    row_overrides:\n      zero-shot: {tasks: {nl2f: {test_limit: 3}}}\n"
+    )
+    model, out = str(tiny_model_dir), tmp_path / "out"
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        reproduce("smoke", "9", model=model, out=out, spec_dir=specs, sizing=sizing, progress=False, store=store)
+        rows = {r.method: r for r in store.rows("9")}
+    assert rows["zero-shot"].n == 3 and rows["zero-shot-full"].n == 2
+    assert rows["zero-shot"].provenance["overrides"] == {"tasks": {"nl2f": {"test_limit": 3}}}
+    counter = counter_for(model)
+    three = apply_overrides(load_profile("smoke"), {"tasks": {"nl2f": {"test_limit": 3}}})
+    prompts = Experiment("nl2f", "ft-template", three, model).inference_prompts()
+    assert len(prompts) == 3
+    template = sum(counter.count_prompt(p) for p in prompts) / 3
+    assert rows["zero-shot"].template_tokens_mean == pytest.approx(template)
+    md = (out / "table9.md").read_text()
+    assert "n = 2, 3 (differs by row)" in md and "scored on 3 test instances, the table's other results on 2" in md
+
+
 def test_tasks_and_backend_options_reach_every_experiment(tmp_path, tiny_model_dir):
     """--task replaces the tables' tasks (a folder task here); --backend llamacpp reaches every experiment, and a
     model without a GGUF makes its rows 'not run' with the reason (gist, decoded by its own HF loop, would still run)."""

@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from promptintern.harness.seeds import instance_rows, metric_for, seeds_of
+from promptintern.harness.seeds import instance_rows, metric_for, on_shared_instances, seeds_of
 from promptintern.harness.store import RunRow
 from promptintern.harness.tables import SPEC_DIR, SpecError
 from promptintern.io import atomic_write_text, write_json
@@ -148,6 +148,21 @@ def _seed_mean(rows: Sequence[RunRow]) -> float:
     return float(np.mean([r.value for r in rows]))
 
 
+def _paired(metric, sa: list[list[dict]], sb: list[list[dict]], b_name: str):
+    """Both sides' per-seed rows on the test instances they share (a row the sizing gave more instances is
+    compared on the other's), and each side's seed-mean metric there: ``(sa, sb, a_value, b_value)``."""
+    shared = on_shared_instances([*sa, *sb])
+    if not shared[0]:
+        raise _Missing(b_name, "no test instance in common with the other side")
+    pa, pb = shared[: len(sa)], shared[len(sa) :]
+
+    def value(runs: list[list[dict]]) -> float:
+        everything = np.arange(len(runs[0]))
+        return float(np.mean([metric.statistic(run)(everything) for run in runs]))
+
+    return pa, pb, value(pa), value(pb)
+
+
 # -- per-instance quantities (reduction / speedup) ------------------------------------------------------------
 
 
@@ -176,10 +191,11 @@ def _latencies(row: RunRow) -> list[float]:
     return [float(r["total_s"]) for r in requests]
 
 
-def _per_instance(rows: Sequence[RunRow], quantity: str) -> np.ndarray:
-    """Seed-averaged per-instance values of ``quantity`` (instances in the first seed's order)."""
+def _per_instance(rows: Sequence[RunRow], quantity: str) -> dict[Any, float]:
+    """Seed-averaged per-instance values of ``quantity`` by instance (Table 8's latency: by request position,
+    the first test instances of every row), in the first seed's order."""
     if quantity == "latency_s":
-        return np.asarray(_latencies(rows[0]), dtype=float)  # measured once per row (first seed's adapter)
+        return dict(enumerate(_latencies(rows[0])))  # measured once per row (first seed's adapter)
     from promptintern.evaluation.cost import load_prices
 
     prices = load_prices()
@@ -192,20 +208,24 @@ def _per_instance(rows: Sequence[RunRow], quantity: str) -> np.ndarray:
         return prices.cost(COST_MODEL, float(rec["input_tokens_cl100k"]), float(rec["output_tokens_cl100k"]))
 
     try:
-        return np.asarray([np.mean([value(s[i]) for s in seeds]) for i in ids], dtype=float)
+        return {i: float(np.mean([value(s[i]) for s in seeds])) for i in ids}
     except KeyError as exc:
         raise _Missing(_name(rows[0]), f"predictions lack {exc}") from None
 
 
-def _ratio_interval(a: np.ndarray, b: np.ndarray, fn) -> tuple[float, float, float]:
-    n = min(len(a), len(b))
-    a, b = a[:n], b[:n]
+def _ratio_interval(a_by_id: dict[Any, float], b_by_id: dict[Any, float], fn) -> tuple[float, float, float, int]:
+    """``fn(mean a, mean b)`` on the instances both sides have, with its bootstrap interval, and their number."""
+    ids = [i for i in a_by_id if i in b_by_id]
+    a, b = np.asarray([a_by_id[i] for i in ids], dtype=float), np.asarray([b_by_id[i] for i in ids], dtype=float)
+    n = len(ids)
+    if not n:
+        return float("nan"), float("nan"), float("nan"), 0
     rng = np.random.default_rng(0)
     values = []
     for _ in range(RESAMPLES):
         idx = rng.integers(0, n, n)
         values.append(fn(a[idx].mean(), b[idx].mean()))
-    return fn(a.mean(), b.mean()), float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
+    return fn(a.mean(), b.mean()), float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975)), n
 
 
 # -- verdicts ---------------------------------------------------------------------------------------------
@@ -243,28 +263,44 @@ def evaluate_claim(spec: ClaimSpec, task: str, runs) -> dict[str, Any]:
                 record.setdefault("skipped", []).append(str(exc))
         if not available:
             raise _Missing(" / ".join(spec.candidates), f"none has a result for {task}")
-        b_name = max(available, key=lambda n: _seed_mean(available[n]))
-        b_rows = available[b_name]
-        record["b"] = b_name
-        record["seeds"] = {"a": seeds_of(a_rows), "b": seeds_of(b_rows)}
         if spec.kind in ("greater", "equivalent"):
             metric = metric_for(task)
-            sa, sb = _scores(a_rows, spec.a), _scores(b_rows, b_name)
-            lo, hi = metric.seeded_interval(sa, sb, resamples=RESAMPLES)
-            a_value, b_value = _seed_mean(a_rows), _seed_mean(b_rows)
-            record |= {"diff": a_value - b_value, "n_test": len(sa[0]), "unit": metric.title,
+            sa = _scores(a_rows, spec.a)
+            paired = {}
+            for name, rows in available.items():
+                try:
+                    paired[name] = _paired(metric, sa, _scores(rows, name), name)
+                except _Missing as exc:
+                    if len(available) == 1:
+                        raise
+                    record.setdefault("skipped", []).append(str(exc))
+            if not paired:
+                raise _Missing(" / ".join(available), "none has per-instance scores shared with a")
+            b_name = max(paired, key=lambda n: paired[n][3])  # the best candidate on the instances a shares
+            b_rows = available[b_name]
+            pa, pb, a_value, b_value = paired[b_name]
+            lo, hi = metric.seeded_interval(pa, pb, resamples=RESAMPLES)
+            record |= {"diff": a_value - b_value, "n_test": len(pa[0]), "unit": metric.title,
                        "a_value": a_value, "b_value": b_value}  # fmt: skip
         else:
+            b_name = max(available, key=lambda n: _seed_mean(available[n]))
+            b_rows = available[b_name]
             a_vals, b_vals = _per_instance(a_rows, spec.quantity), _per_instance(b_rows, spec.quantity)
             if spec.kind == "reduction":
-                diff, lo, hi = _ratio_interval(a_vals, b_vals, lambda x, y: 100.0 * (1.0 - x / y))
+                diff, lo, hi, n = _ratio_interval(a_vals, b_vals, lambda x, y: 100.0 * (1.0 - x / y))
                 unit = "% less"
             else:
-                diff, lo, hi = _ratio_interval(a_vals, b_vals, lambda x, y: y / x)
+                diff, lo, hi, n = _ratio_interval(a_vals, b_vals, lambda x, y: y / x)
                 unit = "x"
-            record |= {"diff": diff, "n_test": int(min(len(a_vals), len(b_vals))), "unit": unit,
-                       "a_value": float(a_vals.mean()), "b_value": float(b_vals.mean()),
+            if not n:
+                raise _Missing(b_name, f"no {spec.quantity} on an instance that {spec.a} has")
+            shared = [i for i in a_vals if i in b_vals]
+            record |= {"diff": diff, "n_test": n, "unit": unit,
+                       "a_value": float(np.mean([a_vals[i] for i in shared])),
+                       "b_value": float(np.mean([b_vals[i] for i in shared])),
                        "quantity": spec.quantity, "threshold": spec.threshold}  # fmt: skip
+        record["b"] = b_name
+        record["seeds"] = {"a": seeds_of(a_rows), "b": seeds_of(b_rows)}
         record |= {"ci_low": lo, "ci_high": hi, "verdict": verdict(spec, lo, hi)}
         if spec.kind == "equivalent":
             record["margin"] = spec.margin

@@ -90,6 +90,13 @@ class Sizing:
     #: exported into this profile's folder with the rest. Empty (the cpu profile): every experiment runs, as a
     #: reproduction from a fresh clone should, and Table 8 can serve every trained adapter.
     reuse: tuple[str, ...] = ()
+    #: Overrides of single rows ("method" or "method/variant" -> overrides), merged over ``overrides`` for that
+    #: row's experiments only, e.g. more test instances for the rows of a claim that needs the power. The row's
+    #: own variant overrides still come last (they define the variant).
+    row_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def overrides_for(self, row: RowSpec) -> dict[str, Any]:
+        return dict(self.row_overrides.get(row.id) or {})
 
     def seeds_for(self, row: RowSpec, default: int) -> tuple[int, ...]:
         return self.seeds if self.seeds and row.id in self.seeded else (default,)
@@ -113,7 +120,8 @@ def load_sizing(profile: str, path: str | Path | None = None) -> Sizing | None:
     entry = (data.get("profiles") or {}).get(profile)
     if entry is None:
         return None
-    unknown = sorted(set(entry) - {"tasks", "overrides", "skip", "reason", "seeds", "seeded", "reuse"})
+    keys = {"tasks", "overrides", "skip", "reason", "seeds", "seeded", "reuse", "row_overrides"}
+    unknown = sorted(set(entry) - keys)
     if unknown:
         raise SpecError(f"{path}: profiles.{profile}: unknown key(s) {', '.join(unknown)}")
     tasks = entry.get("tasks")
@@ -127,7 +135,16 @@ def load_sizing(profile: str, path: str | Path | None = None) -> Sizing | None:
         seeds=tuple(int(x) for x in entry.get("seeds") or ()),
         seeded=tuple(entry.get("seeded") or ()),
         reuse=tuple(str(x) for x in entry.get("reuse") or ()),
+        row_overrides=_row_overrides(entry.get("row_overrides"), f"{path}: profiles.{profile}.row_overrides"),
     )
+
+
+def _row_overrides(value: Any, where: str) -> dict[str, dict[str, Any]]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+        raise SpecError(f"{where}: must map a row (\"method\" or \"method/variant\") to overrides")
+    return {str(k): dict(v) for k, v in value.items()}
 
 
 # -- planning -------------------------------------------------------------------------------------------
@@ -145,6 +162,12 @@ class Job:
     error: str | None = None
     #: Whether the profile's reproduce sizing trains this row with several seeds (the name then says which).
     seeded: bool = False
+    #: The row's overrides: the sizing's for this row, then the variant's (recorded in the provenance).
+    overrides: dict[str, Any] | None = None
+
+    @property
+    def profile(self) -> Profile | None:
+        return self.experiment.profile if self.experiment is not None else None
 
     @property
     def name(self) -> str:
@@ -190,9 +213,10 @@ def plan(specs: list[TableSpec], base: Profile, model: str | None, sizing: Sizin
                     continue
                 seeds = sizing.seeds_for(row, base.seed) if sizing else (base.seed,)
                 for seed in seeds:
-                    job = Job(task, row, seed, seeded=len(seeds) > 1)
+                    sized = deep_merge(sizing.overrides_for(row), row.overrides or {}) if sizing else row.overrides
+                    job = Job(task, row, seed, seeded=len(seeds) > 1, overrides=sized or None)
                     try:
-                        profile = apply_overrides(base, {**(row.overrides or {}), "seed": seed})
+                        profile = apply_overrides(base, {**(sized or {}), "seed": seed})
                         exp = Experiment(task, row.method, profile, model)
                         ident: Any = (exp.directory, row.variant)
                         job.experiment = exp
@@ -228,19 +252,25 @@ class ReferenceTokens:
     def __init__(self, base: Profile, model: str | None, method: str) -> None:
         self.base, self.model, self.method, self.cache = base, model, method, {}
 
-    def __call__(self, task: str) -> float | None:
-        if task not in self.cache:
+    def __call__(self, task: str, profile: Profile | None = None) -> float | None:
+        """The reference's mean over the test instances of ``profile`` (a job's; default the base profile), so
+        a row that the sizing gives more test instances is compared on its own instances."""
+        limit = (profile or self.base).task(task).test_limit
+        if (task, limit) not in self.cache:
             from promptintern.harness.experiment import Experiment
 
+            base = self.base
+            if limit != base.task(task).test_limit:
+                base = apply_overrides(base, {"tasks": {task: {"test_limit": limit}}})
             try:
-                exp = Experiment(task, self.method, self.base, self.model)
+                exp = Experiment(task, self.method, base, self.model)
                 prompts = exp.inference_prompts()
-                self.cache[task] = sum(exp.token_counter.count_prompt(p) for p in prompts) / len(prompts)
+                self.cache[task, limit] = sum(exp.token_counter.count_prompt(p) for p in prompts) / len(prompts)
             except Exception as exc:  # noqa: BLE001 - the ratios are then left empty, the rows still record
                 why = f"{type(exc).__name__}: {exc}"
                 print(f"{self.method} token reference for {task} unavailable: {why}", file=sys.stderr)
-                self.cache[task] = None
-        return self.cache[task]
+                self.cache[task, limit] = None
+        return self.cache[task, limit]
 
 
 def ratio(input_tokens: float | None, reference_tokens: float | None) -> float | None:
@@ -550,7 +580,8 @@ def reproduce(
             fields: dict[str, Any] = {}
             if result is not None:
                 fields = _result_fields(
-                    job, result, full_tokens(job.task), template_tokens(job.task), price_list
+                    job, result, full_tokens(job.task, job.profile), template_tokens(job.task, job.profile),
+                    price_list,
                 )
             exp = job.experiment
             prov = collect(
@@ -559,7 +590,7 @@ def reproduce(
                 compute_s=compute,
                 settings_key=exp.key if exp is not None and job.error is None else None,
                 timings_s=(result or {}).get("timings_s"),
-                overrides=job.row.overrides,
+                overrides=job.overrides,
                 sizing=size.source if size else None,
                 prices_as_of=price_list.as_of,
             )

@@ -38,6 +38,20 @@ def instance_rows(row: RunRow) -> list[dict[str, Any]] | None:
         return None
 
 
+def on_shared_instances(runs: Sequence[Sequence[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Each run's per-instance rows restricted to the test instances every run has, in the first run's order
+    (a sizing may give some rows more test instances than others: they are compared on the ones shared)."""
+    if not runs:
+        return []
+    shared = set.intersection(*({r["id"] for r in run} for run in runs))
+    order = [r["id"] for r in runs[0] if r["id"] in shared]
+    out = []
+    for run in runs:
+        by_id = {r["id"]: r for r in run}
+        out.append([by_id[i] for i in order])
+    return out
+
+
 def metric_for(task: str):
     """The task's metric object."""
     from promptintern.tasks import get_task

@@ -316,6 +316,14 @@ class _Grid:
     def get(self, row: RowSpec, task: str) -> RunRow | None:
         return self.cells.get((row.method, row.variant, task))
 
+    def usual_n(self, task: str) -> float | None:
+        """The number of test instances most results of ``task`` in this table have (ties: the smallest)."""
+        counts: dict[float, int] = {}
+        for row in self.spec.rows:
+            if (r := _ok(self.get(row, task))) is not None and r.n:
+                counts[r.n] = counts.get(r.n, 0) + 1
+        return min(counts, key=lambda n: (-counts[n], n)) if counts else None
+
     def cell(self, row: RowSpec, task: str) -> _Cell | None:
         return self.groups.get((row.method, row.variant, task))
 
@@ -372,6 +380,12 @@ class _Grid:
             text = "missing: no result in the results store" if r is None else f"{r.status}: {r.reason}"
             return ["—" + notes.mark(text)] + ["—"] * (width - 1)
         mark = (marks or {}).get(tuple(cell.seeds), "")
+        usual = self.usual_n(task)
+        if ok.n and usual and ok.n != usual:
+            mark += notes.mark(
+                f"scored on {ok.n:g} test instances, the table's other results on {usual:g} (the reproduce sizing's "
+                "row_overrides give this row more for a claim's power); claims pair rows on the instances both have"
+            )
         for other in cell.not_ok:
             mark += notes.mark(f"{other.status} (seed {other.seed}): {other.reason}")
         if self.spec.layout == "latency":
