@@ -207,6 +207,31 @@ def test_sizing_row_overrides_give_one_row_more_test_instances(tmp_path, tiny_mo
     assert "n = 2, 3 (differs by row)" in md and "scored on 3 test instances, the table's other results on 2" in md
 
 
+def test_an_interrupted_run_keeps_the_experiments_that_finished(tmp_path, tiny_model_dir, monkeypatch):
+    """Each experiment is exported to the results folder as it finishes, so a run stopped in the middle (a
+    sitting of cpu-full that ran out of time) loses nothing that finished."""
+    from promptintern.harness import reproduce as harness
+
+    specs = _spec(tmp_path / "specs", 9, "{label: Query only, method: zero-shot}",
+                  "{label: Full, method: zero-shot-full}")  # fmt: skip
+    real, calls = harness._run_job, []
+
+    def stop_at_the_second(job, progress):
+        calls.append(job.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(job, progress)
+
+    monkeypatch.setattr(harness, "_run_job", stop_at_the_second)
+    out = tmp_path / "out"
+    with ResultsStore(tmp_path / "r.sqlite") as store, pytest.raises(KeyboardInterrupt):
+        reproduce("smoke", "9", model=str(tiny_model_dir), out=out, spec_dir=specs, sizing=False, progress=False,
+                  store=store)  # fmt: skip
+    exported = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert [e["method"] for e in exported] == [calls[0].split("/")[1]] and exported[0]["status"] == "ok"
+    assert (out / exported[0]["directory"] / "scores.jsonl").is_file()
+
+
 def test_tasks_and_backend_options_reach_every_experiment(tmp_path, tiny_model_dir):
     """--task replaces the tables' tasks (a folder task here); --backend llamacpp reaches every experiment, and a
     model without a GGUF makes its rows 'not run' with the reason (gist, decoded by its own HF loop, would still run)."""

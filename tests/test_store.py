@@ -2,6 +2,7 @@
 
 import re
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -105,6 +106,9 @@ def test_provenance_fields(tmp_path):
     assert p["packages"]["promptintern"] and p["python"].count(".") == 2
     hw = p["hardware"]
     assert hw["cores"] >= 1 and hw["ram_gib"] > 0 and isinstance(hw["gpu"], list) and hw["cpu"]
+    if Path("/proc/cpuinfo").is_file():  # Linux: the CPU generation, which a VM's model name may hide
+        assert re.fullmatch(r"family \d+ model \d+", hw["cpu_generation"])
+        assert hw["cpu_generation"] in provenance.describe_hardware(hw)
     # outside a git checkout the git fields are None, not an error
     assert provenance.git_info(tmp_path) == {"commit": None, "dirty": None}
 

@@ -63,15 +63,32 @@ def package_versions(names=PACKAGES) -> dict[str, str | None]:
     return versions
 
 
-def _cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def _cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def _cpu_generation() -> str | None:
+    """``family F model M`` of the CPU: a VM often names only the vendor ("AMD EPYC"), and two such VMs can be
+    generations apart (e.g. family 25 / Zen 4 against family 26 / Zen 5), which wall times depend on."""
+    info = _cpuinfo()
+    if "cpu family" not in info or "model" not in info:
+        return None
+    return f"family {info['cpu family']} model {info['model']}"
 
 
 def _ram_gib() -> float | None:
@@ -103,6 +120,7 @@ def hardware() -> dict[str, Any]:
         usable = os.cpu_count()
     return {
         "cpu": _cpu_model(),
+        "cpu_generation": _cpu_generation(),
         "cores": os.cpu_count(),
         "cores_usable": usable,
         "ram_gib": _ram_gib(),
@@ -131,4 +149,5 @@ def describe_hardware(hw: dict[str, Any]) -> str:
     """One line, e.g. ``AMD EPYC 7B13 (2 cores, 23.5 GiB RAM, no GPU)``."""
     gpu = ", ".join(hw.get("gpu") or []) or "no GPU"
     cores = hw.get("cores_usable") or hw.get("cores")
-    return f"{hw.get('cpu')} ({cores} cores, {hw.get('ram_gib')} GiB RAM, {gpu})"
+    generation = f"{hw['cpu_generation']}, " if hw.get("cpu_generation") else ""
+    return f"{hw.get('cpu')} ({generation}{cores} cores, {hw.get('ram_gib')} GiB RAM, {gpu})"

@@ -37,7 +37,7 @@ import yaml
 
 from promptintern import logs
 from promptintern.evaluation.cost import Prices, load_prices
-from promptintern.harness.archive import ROWS_FILE
+from promptintern.harness.archive import ROWS_FILE, export_runs
 from promptintern.harness.provenance import collect, utc_now
 from promptintern.harness.store import ResultsStore, RunRow
 from promptintern.harness.tables import SPEC_DIR, RowSpec, SpecError, TableSpec, load_specs, render_all
@@ -426,7 +426,6 @@ def _server_latency(specs, jobs, store: ResultsStore, base: Profile, model: str,
 def _render(store: ResultsStore, specs, out: Path, base: Profile, model: str, command: str | None):
     """Tables, plots, the claims table and the exported runs of the stored rows; (files, rows)."""
     from promptintern.harness import plots
-    from promptintern.harness.archive import export_runs
     from promptintern.harness.claims import evaluate_claims, write_claims
 
     paths = render_all(store, specs, out, profile=base.name, model=model, command=command)
@@ -599,23 +598,16 @@ def reproduce(
                 computed
             ):  # git, packages and hardware of the run that computed the result; this run's git kept
                 prov = {**prov, **computed, "recorded_git": prov["git"]}
-            for spec, row in job.cells:
-                store.record(
-                    _row(
-                        spec,
-                        row,
-                        job.task,
-                        profile=base,
-                        model=model_name,
-                        status=status,
-                        reason=reason,
-                        seed=job.seed,
-                        directory=str(exp.directory) if exp is not None else None,
-                        wall_s=compute,
-                        provenance=prov,
-                        **fields,
-                    )
-                )
+            recorded = [
+                _row(spec, row, job.task, profile=base, model=model_name, status=status, reason=reason,
+                     seed=job.seed, directory=str(exp.directory) if exp is not None else None, wall_s=compute,
+                     provenance=prov, **fields)  # fmt: skip
+                for spec, row in job.cells
+            ]
+            for one in recorded:
+                store.record(one)
+            if result is not None:  # exported as it finishes: a run stopped later keeps it in `out`
+                export_runs(recorded, out)
             brief = f"{result['primary']} {result['value']:.2f}" if result else reason
             _say(f"{i}/{len(work.jobs)} {job.name}: {status} ({brief}) in {_duration(wall)}", progress)
             log.append(
