@@ -380,10 +380,10 @@ class _Grid:
             text = "missing: no result in the results store" if r is None else f"{r.status}: {r.reason}"
             return ["—" + notes.mark(text)] + ["—"] * (width - 1)
         mark = (marks or {}).get(tuple(cell.seeds), "")
-        usual = self.usual_n(task)
+        usual, n_mark = self.usual_n(task), ""
         if ok.n and usual and ok.n != usual:
-            mark += notes.mark(
-                f"scored on {ok.n:g} test instances, the table's other results on {usual:g} (the reproduce sizing's "
+            n_mark = notes.mark(
+                f"over {ok.n:g} test instances, the table's other results over {usual:g} (the reproduce sizing's "
                 "row_overrides give this row more for a claim's power); claims pair rows on the instances both have"
             )
         for other in cell.not_ok:
@@ -405,10 +405,10 @@ class _Grid:
                 _num(None if ok.tpot_s_mean is None else 1000 * ok.tpot_s_mean, ".1f"),
                 _num(ok.latency_output_tokens_mean, ".1f"),
                 "—" if speed is None else f"{speed:.2f}×",
-                _num(None if cost is None else 1000 * cost, ".3f"),
+                _num(None if cost is None else 1000 * cost, ".3f") + n_mark,  # latency: the same first instances
             ]
         times = ok.compression_x
-        cells = [_metric_value(ok) + mark, _num(ok.input_tokens_mean, ".1f"), "—" if not times else f"{times:.1f}×"]
+        cells = [_metric_value(ok) + mark + n_mark, _num(ok.input_tokens_mean, ".1f"), "—" if not times else f"{times:.1f}×"]
         if self.spec.rates:
             cells.append(_rates(ok))
         return cells
