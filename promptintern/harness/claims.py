@@ -213,19 +213,21 @@ def _per_instance(rows: Sequence[RunRow], quantity: str) -> dict[Any, float]:
         raise _Missing(_name(rows[0]), f"predictions lack {exc}") from None
 
 
-def _ratio_interval(a_by_id: dict[Any, float], b_by_id: dict[Any, float], fn) -> tuple[float, float, float, int]:
-    """``fn(mean a, mean b)`` on the instances both sides have, with its bootstrap interval, and their number."""
+def _on_shared(a_by_id: dict[Any, float], b_by_id: dict[Any, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides' values on the instances both have, in ``a_by_id``'s order."""
     ids = [i for i in a_by_id if i in b_by_id]
-    a, b = np.asarray([a_by_id[i] for i in ids], dtype=float), np.asarray([b_by_id[i] for i in ids], dtype=float)
-    n = len(ids)
-    if not n:
-        return float("nan"), float("nan"), float("nan"), 0
+    return np.asarray([a_by_id[i] for i in ids], dtype=float), np.asarray([b_by_id[i] for i in ids], dtype=float)
+
+
+def _ratio_interval(a: np.ndarray, b: np.ndarray, fn) -> tuple[float, float, float]:
+    """``fn(mean a, mean b)`` over paired instances, with its bootstrap interval."""
+    n = len(a)
     rng = np.random.default_rng(0)
     values = []
     for _ in range(RESAMPLES):
         idx = rng.integers(0, n, n)
         values.append(fn(a[idx].mean(), b[idx].mean()))
-    return fn(a.mean(), b.mean()), float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975)), n
+    return fn(a.mean(), b.mean()), float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
 
 
 # -- verdicts ---------------------------------------------------------------------------------------------
@@ -285,19 +287,17 @@ def evaluate_claim(spec: ClaimSpec, task: str, runs) -> dict[str, Any]:
         else:
             b_name = max(available, key=lambda n: _seed_mean(available[n]))
             b_rows = available[b_name]
-            a_vals, b_vals = _per_instance(a_rows, spec.quantity), _per_instance(b_rows, spec.quantity)
+            a_vals, b_vals = _on_shared(_per_instance(a_rows, spec.quantity), _per_instance(b_rows, spec.quantity))
+            if not len(a_vals):
+                raise _Missing(b_name, f"no {spec.quantity} on an instance that {spec.a} has")
             if spec.kind == "reduction":
-                diff, lo, hi, n = _ratio_interval(a_vals, b_vals, lambda x, y: 100.0 * (1.0 - x / y))
+                diff, lo, hi = _ratio_interval(a_vals, b_vals, lambda x, y: 100.0 * (1.0 - x / y))
                 unit = "% less"
             else:
-                diff, lo, hi, n = _ratio_interval(a_vals, b_vals, lambda x, y: y / x)
+                diff, lo, hi = _ratio_interval(a_vals, b_vals, lambda x, y: y / x)
                 unit = "x"
-            if not n:
-                raise _Missing(b_name, f"no {spec.quantity} on an instance that {spec.a} has")
-            shared = [i for i in a_vals if i in b_vals]
-            record |= {"diff": diff, "n_test": n, "unit": unit,
-                       "a_value": float(np.mean([a_vals[i] for i in shared])),
-                       "b_value": float(np.mean([b_vals[i] for i in shared])),
+            record |= {"diff": diff, "n_test": len(a_vals), "unit": unit,
+                       "a_value": float(a_vals.mean()), "b_value": float(b_vals.mean()),
                        "quantity": spec.quantity, "threshold": spec.threshold}  # fmt: skip
         record["b"] = b_name
         record["seeds"] = {"a": seeds_of(a_rows), "b": seeds_of(b_rows)}

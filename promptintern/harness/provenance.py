@@ -78,14 +78,13 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
-def _cpu_model() -> str:
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+def _cpu_model(info: dict[str, str]) -> str:
+    return info.get("model name") or platform.processor() or platform.machine()
 
 
-def _cpu_generation() -> str | None:
+def _cpu_generation(info: dict[str, str]) -> str | None:
     """``family F model M`` of the CPU: a VM often names only the vendor ("AMD EPYC"), and two such VMs can be
     generations apart (e.g. family 25 / Zen 4 against family 26 / Zen 5), which wall times depend on."""
-    info = _cpuinfo()
     if "cpu family" not in info or "model" not in info:
         return None
     return f"family {info['cpu family']} model {info['model']}"
@@ -118,9 +117,10 @@ def hardware() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
+    info = _cpuinfo()
     return {
-        "cpu": _cpu_model(),
-        "cpu_generation": _cpu_generation(),
+        "cpu": _cpu_model(info),
+        "cpu_generation": _cpu_generation(info),
         "cores": os.cpu_count(),
         "cores_usable": usable,
         "ram_gib": _ram_gib(),

@@ -212,8 +212,8 @@ def plan(specs: list[TableSpec], base: Profile, model: str | None, sizing: Sizin
                     fixed.append((spec, row, task, sizing.reason))
                     continue
                 seeds = sizing.seeds_for(row, base.seed) if sizing else (base.seed,)
+                sized = deep_merge(sizing.overrides_for(row), row.overrides or {}) if sizing else row.overrides
                 for seed in seeds:
-                    sized = deep_merge(sizing.overrides_for(row), row.overrides or {}) if sizing else row.overrides
                     job = Job(task, row, seed, seeded=len(seeds) > 1, overrides=sized or None)
                     try:
                         profile = apply_overrides(base, {**(sized or {}), "seed": seed})
