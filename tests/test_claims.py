@@ -82,7 +82,7 @@ def test_claims_verdicts_seeds_and_best_of(tmp_path):
     c = records["c"]  # against the best of the baselines that ran: selective-context (fewer wrong answers)
     assert c["b"] == "selective-context" and c["a"] == "promptintern/tau-0.3"
     assert records["d"]["verdict"] == "not run" and "gist: not run: too slow" in records["d"]["reason"]
-    assert records["b"]["verdict"] == "not run" and records["b"]["reason"] == "ft-compressed: no row for nl2bash"
+    assert records["b"]["verdict"] == "not run" and records["b"]["reason"] == "ft-compressed: not run yet: no result for nl2bash in the results store"
     md = render_markdown(list(records.values()))
     assert "**(a)" in md and "| reproduced |" in md and "Not run:" in md and "(ft-compressed)" in md
 

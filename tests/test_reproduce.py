@@ -296,7 +296,7 @@ def test_seeded_rows_claims_export_and_rebuild_from_results(tmp_path, tiny_model
     claims = json.loads((out / "claims.json").read_text())
     assert {c["id"] for c in claims} >= {"a", "b", "c", "h1"} and all(c["verdict"] == "not run" for c in claims)
     md = (out / "claims.md").read_text()
-    assert "— [1] (promptintern)" in md and "1. no row for nl2f" in md
+    assert "— [1] (promptintern)" in md and "1. not run yet: no result for nl2f in the results store" in md
     exported = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     assert len(exported) == 3 and all(not e["directory"].startswith("/") for e in exported)
     for e in exported:

@@ -103,7 +103,7 @@ Profile `cpu`, model `embedded`.
 
 ¹ not run: no checkpoint | set X
 
-² missing: no result in the results store
+² not run yet: no result in the results store; `promptintern reproduce --profile cpu --tables 9` runs it (`--tasks` for some tasks only; finished experiments are kept)
 
 Test instances per task: NL2Bash n = 20.
 
@@ -122,7 +122,9 @@ EXPECTED_CSV = (
     "9,PromptIntern,promptintern,,nl2bash,0,ok,bleu,12.345,10,14.56,20,56.3,484.18,8.6,0.11628,0.01675,,,0.5,,,,,,,0,"
     ",,,,\n"
     "9,LLMLingua-2,llmlingua2,,nl2bash,0,not run,,,,,,,,,,,,,,,,,,,,,,,,,no checkpoint | set X\n"
-    "9,Gist,gist,,nl2bash,,missing,,,,,,,,,,,,,,,,,,,,,,,,,\n"
+    "9,Gist,gist,,nl2bash,,missing,,,,,,,,,,,,,,,,,,,,,,,,,not run yet: no result in the results store; "
+    "`promptintern reproduce --profile cpu --tables 9` runs it (`--tasks` for some tasks only; finished "
+    "experiments are kept)\n"
 )
 
 
@@ -197,7 +199,8 @@ def test_latency_layout_speedup(tmp_path):
     assert "| FT: template + k shots " + missing * 2 + "| —² " + "| — " * 5 + "|" in md
     notes = [line for line in md.splitlines() if line and line[0] in "¹²³⁴"]
     assert notes == [
-        "¹ missing: no result in the results store",
+        "¹ not run yet: no result in the results store; `promptintern reproduce --profile cpu --tables 8` runs it "
+        "(`--tasks` for some tasks only; finished experiments are kept)",
         "² not run: outside the budget",
         "³ latency not measured: gist decodes with its own loop (HF)",
     ]
@@ -288,7 +291,8 @@ def test_footnotes_number_distinct_reasons_once():
         "² not run: no nl2f",
         "³ failed: RuntimeError: boom",
         "⁴ failed: no nl2f",
-        "⁵ missing: no result in the results store",
+        "⁵ not run yet: no result in the results store; `promptintern reproduce --profile cpu --tables 9` runs it "
+        "(`--tasks` for some tasks only; finished experiments are kept)",
     ]
     assert md.count(long.strip()) == 1 and md.count("outside the budget") == 12  # not in the cells
     # notes sit under the table, before n, the seeds and the provenance

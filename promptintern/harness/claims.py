@@ -130,7 +130,7 @@ class _Missing(Exception):
 def _ok_runs(runs, task: str, name: str) -> list[RunRow]:
     rows = runs.get((task, name))
     if not rows:
-        raise _Missing(name, f"no row for {task}")
+        raise _Missing(name, f"not run yet: no result for {task} in the results store")
     ok = [r for r in rows if r.status == "ok"]
     if not ok:
         raise _Missing(name, f"{rows[0].status}: {rows[0].reason}")

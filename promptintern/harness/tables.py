@@ -294,12 +294,22 @@ def _combine(rows: Sequence[RunRow]) -> RunRow:
     return _COMBINED[key]
 
 
+def missing_reason(table: str, profile: str | None = None) -> str:
+    """Why a cell has no result at all (nothing has run it into this store or results folder), with the command
+    that runs it where the profile is known."""
+    text = "not run yet: no result in the results store"
+    if profile:
+        text += (f"; `promptintern reproduce --profile {profile} --tables {table}` runs it (`--tasks` for some "
+                 "tasks only; finished experiments are kept)")  # fmt: skip
+    return text
+
+
 class _Grid:
     """Store rows of one table grouped by (method, variant, task) over seeds (:func:`.seeds.combine`), with
-    the latency references."""
+    the latency references; ``profile`` names the command of a missing cell's reason."""
 
-    def __init__(self, spec: TableSpec, rows: Sequence[RunRow]) -> None:
-        self.spec = spec
+    def __init__(self, spec: TableSpec, rows: Sequence[RunRow], profile: str | None = None) -> None:
+        self.spec, self.profile = spec, profile
         groups: dict[tuple[str, str, str], list[RunRow]] = {}
         for r in rows:
             groups.setdefault((r.method, r.variant, r.task), []).append(r)
@@ -377,7 +387,7 @@ class _Grid:
         ok = _ok(r)
         width = 6 if self.spec.layout == "latency" else 3 + self.spec.rates
         if ok is None:
-            text = "missing: no result in the results store" if r is None else f"{r.status}: {r.reason}"
+            text = missing_reason(self.spec.id, self.profile) if r is None else f"{r.status}: {r.reason}"
             return ["—" + notes.mark(text)] + ["—"] * (width - 1)
         mark = (marks or {}).get(tuple(cell.seeds), "")
         usual, n_mark = self.usual_n(task), ""
@@ -507,7 +517,7 @@ def render_markdown(
     command: str | None = None,
     rendered_at: str | None = None,
 ) -> str:
-    grid = _Grid(spec, rows)
+    grid = _Grid(spec, rows, profile)
     notes = Footnotes()
     marks, seeds_line = grid.seed_marks()
     cols = header(spec)
@@ -553,11 +563,11 @@ def _csv_num(v: Any) -> str:
     return str(v)
 
 
-def records(spec: TableSpec, rows: Sequence[RunRow]) -> list[dict[str, Any]]:
-    """One flat record per (spec row, task), in table order (missing results get status ``missing``): the
-    cell's row combined over seeds (``seeds``: the seeds combined), seeds that did not run under
-    ``seeds_not_ok``."""
-    grid = _Grid(spec, rows)
+def records(spec: TableSpec, rows: Sequence[RunRow], profile: str | None = None) -> list[dict[str, Any]]:
+    """One flat record per (spec row, task), in table order (missing results get status ``missing`` and
+    :func:`missing_reason`): the cell's row combined over seeds (``seeds``: the seeds combined), seeds that did
+    not run under ``seeds_not_ok``."""
+    grid = _Grid(spec, rows, profile)
     out = []
     for row in spec.rows:
         for task in spec.tasks:
@@ -570,7 +580,7 @@ def records(spec: TableSpec, rows: Sequence[RunRow]) -> list[dict[str, Any]]:
                 "task": task,
             }
             if cell is None:
-                out.append(base | {"seeds": [], "status": "missing"})
+                out.append(base | {"seeds": [], "status": "missing", "reason": missing_reason(spec.id, profile)})
                 continue
             r = cell.row
             data = r.to_dict()
@@ -592,11 +602,11 @@ def records(spec: TableSpec, rows: Sequence[RunRow]) -> list[dict[str, Any]]:
     return out
 
 
-def render_csv(spec: TableSpec, rows: Sequence[RunRow]) -> str:
+def render_csv(spec: TableSpec, rows: Sequence[RunRow], profile: str | None = None) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for rec in records(spec, rows):
+    for rec in records(spec, rows, profile):
         line = {k: _csv_num(rec.get(k)) for k in CSV_FIELDS}
         line["reason"] = " ".join(line["reason"].split())  # one line per record; JSON keeps the raw text
         writer.writerow(line)
@@ -629,7 +639,7 @@ def render_json(
         "profile": profile,
         "model": model,
         "columns": header(spec),
-        "records": records(spec, rows),
+        "records": records(spec, rows, profile),
         "provenance": {
             "commits": commits,
             "rows": {key(r): r.provenance for r in rows},
@@ -657,7 +667,7 @@ def write_table(
     stem = out / f"table{spec.id}"
     return [
         atomic_write_text(stem.with_suffix(".md"), render_markdown(spec, rows, **kw)),
-        atomic_write_text(stem.with_suffix(".csv"), render_csv(spec, rows)),
+        atomic_write_text(stem.with_suffix(".csv"), render_csv(spec, rows, profile)),
         write_json(stem.with_suffix(".json"), render_json(spec, rows, **kw)),
     ]
 
