@@ -96,7 +96,7 @@ class Metric:
         """95 % percentile bootstrap interval of the primary value over instances."""
         from promptintern.evaluation.stats import mean_ci
 
-        return mean_ci([100.0 * float(r[self.field]) for r in rows], **kwargs)
+        return mean_ci([100.0 * float(r[self.field]) for r in rows], **{"groups": groups(rows), **kwargs})
 
     def signature(self, rows: Sequence[Mapping[str, Any]]) -> str:
         return f"{self.name}|v{self.version}|n:{len(rows)}"
@@ -121,7 +121,7 @@ class Metric:
         first = runs_a[0]
         a = [self.statistic(_aligned(first, run)[1]) for run in runs_a]
         b = [self.statistic(_aligned(first, run)[1]) for run in runs_b]
-        return seeded_ci(a, b, n=len(first), **kwargs)
+        return seeded_ci(a, b, n=len(first), **{"groups": groups(first), **kwargs})
 
     def paired_interval(
         self, rows_a: Sequence[Mapping[str, Any]], rows_b: Sequence[Mapping[str, Any]], **kwargs: Any
@@ -137,7 +137,7 @@ class Metric:
                 self.aggregate([a[i] for i in idx])[self.primary]
                 - self.aggregate([b[i] for i in idx])[self.primary]
             ),
-            **kwargs,
+            **{"groups": groups(a), **kwargs},
         )
 
     def failed(self, row: Mapping[str, Any]) -> bool:
@@ -167,10 +167,23 @@ def _aligned(rows_a, rows_b) -> tuple[list, list]:
     return list(rows_a), [by_id[r["id"]] for r in rows_a]
 
 
-def _pairs(instances: Sequence[Instance], predictions: Sequence[str]) -> list[dict[str, Any]]:
-    return [
-        {"id": i.id, "prediction": p, "reference": i.reference} for i, p in zip(instances, predictions, strict=True)
-    ]
+def groups(rows: Sequence[Mapping[str, Any]]) -> list[str] | None:
+    """The ``group`` label of every per-instance row (instances sharing one, e.g. paraphrases of a question, are
+    resampled together by the bootstrap), or None unless every row has one."""
+    labels = [r.get("group") for r in rows]
+    return None if not labels or any(g is None for g in labels) else [str(g) for g in labels]
+
+
+def pairs(instances: Sequence[Instance], predictions: Sequence[str]) -> list[dict[str, Any]]:
+    """Per-instance rows: id, prediction, reference, and the instance's ``meta["group"]`` where it has one."""
+    rows = []
+    for i, p in zip(instances, predictions, strict=True):
+        row = {"id": i.id, "prediction": p, "reference": i.reference}
+        group = (getattr(i, "meta", None) or {}).get("group")
+        if group is not None:
+            row["group"] = group
+        rows.append(row)
+    return rows
 
 
 _SPACE = re.compile(r"\s+")
@@ -198,7 +211,7 @@ class ExactMatch(Metric):
 
     def rows(self, task, instances, predictions, **_: Any) -> list[dict]:
         norm = NORMALISATIONS[self.normalize]
-        rows = _pairs(instances, predictions)
+        rows = pairs(instances, predictions)
         for r in rows:
             r["em"] = float(norm(r["prediction"]) == norm(r["reference"]))
         return rows
@@ -221,7 +234,7 @@ class _Corpus(Metric):
 
     def rows(self, task, instances, predictions, **_: Any) -> list[dict]:
         sentence = self.scorer(sentence=True)
-        rows = _pairs(instances, [p.strip() for p in predictions])
+        rows = pairs(instances, [p.strip() for p in predictions])
         for r in rows:
             r["reference"] = r["reference"].strip()
             r[self.field] = sentence.sentence_score(r["prediction"], [r["reference"]]).score
@@ -262,7 +275,8 @@ class _Corpus(Metric):
         from promptintern.evaluation.stats import corpus_ci
 
         return corpus_ci(
-            self.scorer(), [r["prediction"] for r in rows], [r["reference"] for r in rows], **kwargs
+            self.scorer(), [r["prediction"] for r in rows], [r["reference"] for r in rows],
+            **{"groups": groups(rows), **kwargs},
         )
 
     def paired_interval(self, rows_a, rows_b, **kwargs: Any) -> tuple[float, float]:
@@ -271,7 +285,7 @@ class _Corpus(Metric):
         a, b = _aligned(rows_a, rows_b)
         refs = [r["reference"] for r in a]
         preds = ([r["prediction"] for r in a], [r["prediction"] for r in b])
-        return paired_corpus_ci(self.scorer(), preds, refs, **kwargs)
+        return paired_corpus_ci(self.scorer(), preds, refs, **{"groups": groups(a), **kwargs})
 
     def signature(self, rows) -> str:
         return self._corpus(rows)[1]
@@ -397,7 +411,7 @@ class UserMetric(Metric):
         return super().identity() | {"primary": self.primary}
 
     def rows(self, task, instances, predictions, **_: Any) -> list[dict]:
-        rows = _pairs(instances, predictions)
+        rows = pairs(instances, predictions)
         for inst, r in zip(instances, rows, strict=True):
             value = float(self.function(r["prediction"], inst.reference, dict(inst.meta)))
             if not 0.0 <= value <= 1.0:

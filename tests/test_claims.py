@@ -161,3 +161,22 @@ def test_combine_takes_the_server_latency_of_the_measured_seed(tmp_path):
     other = dataclasses.replace(_run(tmp_path, "promptintern", 1, REFS), latency_s_mean=3.0)  # harness timing
     cell = combine([measured, other])
     assert (cell.latency_s_mean, cell.ttft_s_mean, cell.latency_source) == (0.5, 0.1, "server")
+
+
+def test_records_get_the_task_groups_and_a_single_seed_row_its_clustered_interval(tmp_path, monkeypatch):
+    from promptintern.harness import seeds
+
+    # ten commands, each asked three times (ids i, i + 10, i + 20) and answered alike every time
+    row = _run(tmp_path, "promptintern", 0, ["echo wrong" if i % 10 % 4 == 0 else r for i, r in enumerate(REFS)])
+    monkeypatch.setattr(seeds, "split_groups", lambda task: {})
+    assert combine([row]) is row  # records without groups: the stored row as it is
+    plain = seeds.instance_rows(row)
+    assert "group" not in plain[0]
+    monkeypatch.setattr(seeds, "split_groups", lambda task: {str(i): f"g{i % 10}" for i in range(30)})
+    records = seeds.instance_rows(row)
+    assert [r["group"] for r in records[:12]] == [f"g{i % 10}" for i in range(12)]
+    clustered = combine([row])
+    metric = get_task("nl2bash").metric
+    assert (clustered.ci_lo, clustered.ci_hi) == metric.interval(records)
+    lo, hi = metric.interval(plain)
+    assert clustered.ci_hi - clustered.ci_lo > 1.2 * (hi - lo)  # 10 independent commands, not 30

@@ -676,6 +676,21 @@ def test_task_loads_nl2f_spider(built):
         task.load("dev")
 
 
+@needs_spider
+def test_split_groups_put_the_paraphrases_of_a_question_together(built):
+    from collections import Counter
+
+    from promptintern.harness.seeds import split_groups
+
+    split_groups.cache_clear()
+    labels = split_groups("nl2f")
+    test = get_task("nl2f").load("test")
+    assert labels == {i.id: i.meta["group"] for i in test}
+    sizes = Counter(labels.values())
+    assert max(sizes.values()) >= 2 and len(sizes) < len(test)  # the bootstrap resamples fewer, larger units
+    split_groups.cache_clear()
+
+
 # =====================================================================================================
 # Official NL2Formula release loader (fixture written here; the real data is not bundled).
 # =====================================================================================================

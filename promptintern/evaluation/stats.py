@@ -1,10 +1,32 @@
-"""Percentile bootstrap confidence intervals over test instances (and over training seeds)."""
+"""Percentile bootstrap confidence intervals over test instances (and over training seeds).
+
+Instances are resampled one by one, or, where ``groups`` is given (one label per instance, e.g. the paraphrase
+group of an NL2F-Spider question), as clusters: a resample draws as many groups as there are, with replacement,
+and takes every instance of each drawn group. Paraphrases of one question are not independent draws (a model
+tends to answer both alike), so resampling them one by one would give too narrow an interval.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
+
+
+def resampler(n: int, groups: Sequence[Hashable] | None = None) -> Callable[[np.random.Generator], np.ndarray]:
+    """``draw(rng)``: the instance indices of one bootstrap resample of ``range(n)``, instance by instance, or
+    cluster by cluster when ``groups`` labels each of the ``n`` instances."""
+    if groups is None:
+        return lambda rng: rng.integers(0, n, n)
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} group labels for {n} instances")
+    members: dict[Hashable, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    clusters = [np.asarray(m, dtype=np.int64) for m in members.values()]
+    if len(clusters) == n:  # every instance its own group: the plain bootstrap
+        return lambda rng: rng.integers(0, n, n)
+    return lambda rng: np.concatenate([clusters[k] for k in rng.integers(0, len(clusters), len(clusters))])
 
 
 def bootstrap_ci(
@@ -14,12 +36,15 @@ def bootstrap_ci(
     resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    groups: Sequence[Hashable] | None = None,
 ) -> tuple[float, float]:
-    """``(low, high)`` of ``statistic(indices)`` over ``resamples`` resamples of ``range(n)`` with replacement."""
+    """``(low, high)`` of ``statistic(indices)`` over ``resamples`` resamples of ``range(n)`` with replacement
+    (of the clusters of ``groups`` where given)."""
     if n == 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)])
+    draw = resampler(n, groups)
+    values = np.array([statistic(draw(rng)) for _ in range(resamples)])
     alpha = (1 - confidence) / 2
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
@@ -77,6 +102,7 @@ def seeded_ci(
     resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    groups: Sequence[Hashable] | None = None,
 ) -> tuple[float, float]:
     """Two-stage bootstrap interval of ``mean_s a_s(I) - mean_s b_s(I)`` (of ``mean_s a_s(I)`` when ``runs_b``
     is empty): each ``a_s`` / ``b_s`` scores one training seed's run on instance indices ``I``.
@@ -84,16 +110,18 @@ def seeded_ci(
     Every resample draws the seeds of each side with replacement (the seeds of ``a`` and ``b`` are independent
     training runs) and one set of ``n`` instance indices shared by every run (a paired comparison on the same
     test instances), so the interval covers the variation between training seeds as well as between test
-    instances. With one seed per side it is the paired instance bootstrap.
+    instances. With one seed per side it is the paired instance bootstrap. ``groups``: the instances are
+    resampled as these clusters (module docstring).
     """
     if n == 0 or not runs_a:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
+    draw = resampler(n, groups)
     values = np.empty(resamples)
     for r in range(resamples):
         seeds_a = rng.integers(0, len(runs_a), len(runs_a))
         seeds_b = rng.integers(0, len(runs_b), len(runs_b)) if runs_b else ()
-        idx = rng.integers(0, n, n)
+        idx = draw(rng)
         a = float(np.mean([runs_a[s](idx) for s in seeds_a]))
         values[r] = a - (float(np.mean([runs_b[s](idx) for s in seeds_b])) if runs_b else 0.0)
     alpha = (1 - confidence) / 2

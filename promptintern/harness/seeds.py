@@ -8,12 +8,16 @@ seed-averaged metric with an interval that resamples seeds and test instances
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from promptintern.harness.store import RunRow
+
+log = logging.getLogger(__name__)
 
 SCORES_FILE = "scores.jsonl"
 #: Table 8's server measurement: taken whole from the seed that was measured (one per configuration).
@@ -28,14 +32,35 @@ _AVERAGED = (
 
 
 def instance_rows(row: RunRow) -> list[dict[str, Any]] | None:
-    """The per-instance scores of a stored row's run (``<directory>/scores.jsonl``), None when unavailable."""
+    """The per-instance scores of a stored row's run (``<directory>/scores.jsonl``), None when unavailable.
+    Rows scored before per-instance rows carried the instance's ``group`` get it from the task's test split."""
     if row.status != "ok" or not row.directory:
         return None
     path = Path(row.directory) / SCORES_FILE
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, json.JSONDecodeError):
         return None
+    if rows and any("group" not in r for r in rows):
+        labels = split_groups(row.task)
+        for r in rows:
+            if "group" not in r and r.get("id") in labels:
+                r["group"] = labels[r["id"]]
+    return rows
+
+
+@functools.cache
+def split_groups(task: str) -> dict[str, str]:
+    """id -> ``meta["group"]`` of the task's test instances that have one (paraphrases of one question: the
+    bootstrap resamples them together); empty when the task has none or its data cannot be read here."""
+    from promptintern.tasks import get_task
+
+    try:
+        instances = get_task(task).load("test")
+    except Exception as exc:  # any loader failure: instances are then resampled one by one
+        log.warning("no instance groups for %s (its test split could not be read: %s)", task, exc)
+        return {}
+    return {i.id: str(i.meta["group"]) for i in instances if (i.meta or {}).get("group") is not None}
 
 
 def on_shared_instances(runs: Sequence[Sequence[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
@@ -73,7 +98,7 @@ def combine(rows: Sequence[RunRow]) -> RunRow:
     if not ok:
         return rows[0]
     if len(ok) == 1:
-        return ok[0]
+        return _clustered(ok[0])
     first = ok[0]
     out: dict[str, Any] = {}
     for name in ("value", *_AVERAGED):
@@ -92,4 +117,16 @@ def combine(rows: Sequence[RunRow]) -> RunRow:
     return dataclasses.replace(first, **out)
 
 
-__all__ = ["combine", "instance_rows", "metric_for", "seeds_of"]
+def _clustered(row: RunRow) -> RunRow:
+    """``row`` with its interval recomputed from its per-instance records when they come in groups (clusters
+    resampled; a run stored before per-instance rows carried groups holds an instance-by-instance interval)."""
+    from promptintern.tasks.metrics import groups
+
+    records = instance_rows(row)
+    if not records or groups(records) is None:
+        return row
+    lo, hi = metric_for(row.task).interval(records)
+    return dataclasses.replace(row, ci_lo=lo, ci_hi=hi)
+
+
+__all__ = ["combine", "instance_rows", "metric_for", "seeds_of", "split_groups"]

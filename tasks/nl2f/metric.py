@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 
 from promptintern.tasks.base import Instance
-from promptintern.tasks.metrics import Metric, register_metric
+from promptintern.tasks.metrics import Metric, pairs, register_metric
 
 #: Bumped whenever a score could change (a cache key can include it; see ``Task.metric_version``).
 #: 1: lower case + all whitespace removed.  2: NL2Formula's normalisation (this module's ``normalise``).
@@ -53,17 +53,13 @@ class NL2FormulaEM(Metric):
     version = METRIC_VERSION
 
     def rows(self, task, instances: Sequence[Instance], predictions: Sequence[str], **_) -> list[dict]:
-        return [
-            {
-                "id": inst.id,
-                "prediction": pred,
-                "reference": inst.reference,
-                "em": float(normalise(pred) == normalise(inst.reference)),
-                "em_lenient": float(normalise_lenient(pred) == normalise_lenient(inst.reference)),
-                "em_raw": float(pred.strip() == inst.reference.strip()),
-            }
-            for inst, pred in zip(instances, predictions, strict=True)
-        ]
+        rows = pairs(instances, predictions)
+        for r in rows:
+            pred, ref = r["prediction"], r["reference"]
+            r["em"] = float(normalise(pred) == normalise(ref))
+            r["em_lenient"] = float(normalise_lenient(pred) == normalise_lenient(ref))
+            r["em_raw"] = float(pred.strip() == ref.strip())
+        return rows
 
     def signature(self, rows) -> str:
         return SIGNATURE
