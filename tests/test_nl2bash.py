@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 
 import pytest
@@ -76,6 +77,11 @@ def test_instances_shape(splits):
     assert inst.split == "test" and inst.meta["fold"] == nl2bash_split.TEST_FOLD
     assert inst.meta["utilities"]
     assert all(i.meta["fold"] == nl2bash_split.DEV_FOLD for i in splits["validation"])
+    # group: the description template the split deals by; its pairs are one cluster for the bootstrap
+    test = splits["test"]
+    assert all(i.meta["group"] == nl2bash_split.nl_template(i.meta["description"]) for i in test)
+    sizes = collections.Counter(i.meta["group"] for i in test)
+    assert max(sizes.values()) >= 2 and len(sizes) < len(test)
 
 
 @needs_data

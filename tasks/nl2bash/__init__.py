@@ -61,16 +61,19 @@ class NL2BashTask(Task):
     """Rebuilt splits, ``[NL] ... [/NL]`` queries, commands extracted from fences; scored by ``bleu``."""
 
     def load(self, split: str) -> list[Instance]:
-        from promptintern.tasks.nl2bash.split import load_pairs
+        from promptintern.tasks.nl2bash.split import load_pairs, nl_template
 
         self.check_split(split)
+        # group: the normalised description the split deals folds by; the pairs of one description are one
+        # cluster for the bootstrap (a model reading the same question answers alike)
         return [
             Instance(
                 id=str(p.line),
                 split=split,
                 query=query_text(p.nl),
                 reference=p.cm,
-                meta={"description": p.nl, "utilities": list(p.utilities), "fold": p.fold},
+                meta={"description": p.nl, "utilities": list(p.utilities), "fold": p.fold,
+                      "group": nl_template(p.nl)},  # fmt: skip
             )
             for p in load_pairs(split)
         ]
