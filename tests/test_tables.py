@@ -380,3 +380,13 @@ def test_seed_marks_go_on_cells_when_a_row_mixes_seed_lists():
     assert "Training seeds: 0, 2 where marked †; 0, 1 otherwise." in same
     one = render_markdown(spec, rows[2:4], profile="cpu", model="x")
     assert "| B | 4.0 | — | — | —¹ | — | — |" in one and "Training seeds: 0, 1 for every result." in one
+
+
+def test_a_row_with_fewer_test_instances_than_most_is_footnoted_as_such():
+    spec = _spec2(("A", "zero-shot"), ("B", "ft-none"), ("C", "ft-full"))
+    rows = [_row("zero-shot", metric="bleu", value=5.0, n=250), _row("ft-none", metric="bleu", value=4.0, n=250),
+            _row("ft-full", metric="bleu", value=30.0, n=100)]  # fmt: skip
+    md = render_markdown(spec, rows, profile="cpu", model="embedded", rendered_at="now")
+    assert "| A | 5.0 | — | — |" in md and "| C | 30.0¹ | — | — |" in md
+    assert ("¹ over 100 test instances, most of the table's results over 250 (the reproduce sizing's row_overrides "
+            "give those rows more for a claim's power)") in md  # fmt: skip

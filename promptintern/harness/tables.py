@@ -392,9 +392,10 @@ class _Grid:
         mark = (marks or {}).get(tuple(cell.seeds), "")
         usual, n_mark = self.usual_n(task), ""
         if ok.n and usual and ok.n != usual:
+            which = "this row more" if ok.n > usual else "those rows more"
             n_mark = notes.mark(
-                f"over {ok.n:g} test instances, the table's other results over {usual:g} (the reproduce sizing's "
-                "row_overrides give this row more for a claim's power); claims pair rows on the instances both have"
+                f"over {ok.n:g} test instances, most of the table's results over {usual:g} (the reproduce sizing's "
+                f"row_overrides give {which} for a claim's power); claims pair rows on the instances both have"
             )
         for other in cell.not_ok:
             mark += notes.mark(f"{other.status} (seed {other.seed}): {other.reason}")
