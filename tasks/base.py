@@ -38,6 +38,9 @@ class Instance:
     query: str
     reference: str
     meta: Mapping[str, Any] = field(default_factory=dict)
+    #: Instances sharing a group (e.g. paraphrases of one question) are one cluster for the bootstrap
+    #: intervals, resampled whole; None: an independent instance.
+    group: str | None = None
 
 
 @dataclass(frozen=True)

@@ -175,11 +175,11 @@ def groups(rows: Sequence[Mapping[str, Any]]) -> list[str] | None:
 
 
 def pairs(instances: Sequence[Instance], predictions: Sequence[str]) -> list[dict[str, Any]]:
-    """Per-instance rows: id, prediction, reference, and the instance's ``meta["group"]`` where it has one."""
+    """Per-instance rows: id, prediction, reference, and the instance's ``group`` where it has one."""
     rows = []
     for i, p in zip(instances, predictions, strict=True):
         row = {"id": i.id, "prediction": p, "reference": i.reference}
-        group = (getattr(i, "meta", None) or {}).get("group")
+        group = getattr(i, "group", None)
         if group is not None:
             row["group"] = group
         rows.append(row)

@@ -79,8 +79,8 @@ def test_instances_shape(splits):
     assert all(i.meta["fold"] == nl2bash_split.DEV_FOLD for i in splits["validation"])
     # group: the description template the split deals by; its pairs are one cluster for the bootstrap
     test = splits["test"]
-    assert all(i.meta["group"] == nl2bash_split.nl_template(i.meta["description"]) for i in test)
-    sizes = collections.Counter(i.meta["group"] for i in test)
+    assert all(i.group == nl2bash_split.nl_template(i.meta["description"]) for i in test)
+    sizes = collections.Counter(i.group for i in test)
     assert max(sizes.values()) >= 2 and len(sizes) < len(test)
 
 

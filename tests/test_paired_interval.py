@@ -78,7 +78,8 @@ def test_rows_carry_the_instance_group():
     import promptintern.tasks.nl2f.metric  # noqa: F401 - registers nl2formula_em
     from promptintern.tasks.base import Instance
 
-    instances = [Instance("a", "test", "q", "ls", {"group": "g1"}), Instance("b", "test", "q", "pwd", {})]
+    instances = [Instance("a", "test", "q", "ls", {"group": "not this"}, group="g1"),
+                 Instance("b", "test", "q", "pwd", {"group": "nor this"})]  # a column named group is just data
     for name in ("exact_match", "bleu", "nl2formula_em"):
         rows = get_metric(name).rows(None, instances, ["ls", "pwd"])
         assert rows[0]["group"] == "g1" and "group" not in rows[1]

@@ -51,7 +51,7 @@ def instance_rows(row: RunRow) -> list[dict[str, Any]] | None:
 
 @functools.cache
 def split_groups(task: str) -> dict[str, str]:
-    """id -> ``meta["group"]`` of the task's test instances that have one (paraphrases of one question: the
+    """id -> ``group`` of the task's test instances that have one (paraphrases of one question: the
     bootstrap resamples them together); empty when the task has none or its data cannot be read here."""
     from promptintern.tasks import get_task
 
@@ -60,7 +60,7 @@ def split_groups(task: str) -> dict[str, str]:
     except Exception as exc:  # any loader failure: instances are then resampled one by one
         log.warning("no instance groups for %s (its test split could not be read: %s)", task, exc)
         return {}
-    return {i.id: str(i.meta["group"]) for i in instances if (i.meta or {}).get("group") is not None}
+    return {i.id: str(i.group) for i in instances if getattr(i, "group", None) is not None}
 
 
 def on_shared_instances(runs: Sequence[Sequence[dict[str, Any]]]) -> list[list[dict[str, Any]]]:

@@ -72,8 +72,8 @@ class NL2BashTask(Task):
                 split=split,
                 query=query_text(p.nl),
                 reference=p.cm,
-                meta={"description": p.nl, "utilities": list(p.utilities), "fold": p.fold,
-                      "group": nl_template(p.nl)},  # fmt: skip
+                meta={"description": p.nl, "utilities": list(p.utilities), "fold": p.fold},
+                group=nl_template(p.nl),
             )
             for p in load_pairs(split)
         ]

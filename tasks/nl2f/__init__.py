@@ -151,7 +151,8 @@ class NL2FTask(Task):
             }
             out.append(
                 Instance(
-                    r["id"], split, render_query(r["question"], grid, shown, r["table"]), r["formula"], meta
+                    r["id"], split, render_query(r["question"], grid, shown, r["table"]), r["formula"], meta,
+                    group=r["group"],
                 )
             )
         return out
