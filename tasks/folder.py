@@ -34,8 +34,9 @@ class FolderTask(Task):
         self.check_split(split)
         fields = self.spec.fields
         return [
-            Instance(tid, split, query_text(self.spec, rec), str(rec[fields.answer]).strip(), rec)
-            for tid, rec in load_records(self.folder / self.spec.data[split], self.spec)
+            Instance(tid, split, query_text(self.spec, rec), str(rec[fields.answer]).strip(), rec,
+                     group=None if rec.get(fields.group) is None else str(rec[fields.group]))  # fmt: skip
+            for tid, rec in load_records(self.folder / self.spec.data[split], self.spec, split)
         ]
 
     def extract(self, output: str) -> str:

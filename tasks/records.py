@@ -40,13 +40,13 @@ def query_text(spec, record: dict[str, Any]) -> str:
     return spec.query_format.format(**(record | roles)).strip()
 
 
-def _check(path: Path, lineno: int, rec: Any, spec, seen: dict[str, int]) -> list[str]:
+def _check(path: Path, lineno: int, rec: Any, spec, seen: dict[str, int], split: str) -> list[str]:
     where = f"{path}:{lineno}"
     if not isinstance(rec, dict):
         return [f"{where}: expected a JSON object"]
     out = []
     for role, column in spec.fields.model_dump().items():
-        if column is None:
+        if column is None or (role == "group" and split != "test"):  # groups matter for the test intervals only
             continue
         value = rec.get(column)
         if value is None or (isinstance(value, str) and not value.strip() and role != "id"):
@@ -72,7 +72,7 @@ def check_records(path: Path, spec, split: str) -> list[str]:
     rows, problems = _rows(path)
     seen: dict[str, int] = {}
     for lineno, rec in rows:
-        problems += _check(path, lineno, rec, spec, seen)
+        problems += _check(path, lineno, rec, spec, seen, split)
     if not rows and not problems:
         problems.append(f"{path}: split {split!r} has no records")
     if len(problems) > MAX_PROBLEMS:
@@ -92,15 +92,15 @@ def read_records(path: Path, mtime_ns: int) -> tuple[tuple[str, dict[str, Any]],
     return tuple((str(lineno), rec) for lineno, rec in rows)
 
 
-def load_records(path: Path, spec) -> list[tuple[str, dict[str, Any]]]:
-    """Checked ``(id, record)`` pairs; the first problem raises :class:`TaskFolderError`."""
+def load_records(path: Path, spec, split: str) -> list[tuple[str, dict[str, Any]]]:
+    """Checked ``(id, record)`` pairs of ``split``; the first problem raises :class:`TaskFolderError`."""
     from promptintern.tasks.spec import TaskFolderError
 
     rows = read_records(path, path.stat().st_mtime_ns)
     seen: dict[str, int] = {}
     out = []
     for lineno, rec in rows:
-        problems = _check(path, int(lineno), rec, spec, seen)
+        problems = _check(path, int(lineno), rec, spec, seen, split)
         if problems:
             raise TaskFolderError(problems[0])
         tid = str(rec[spec.fields.id]) if spec.fields.id is not None else lineno

@@ -26,11 +26,14 @@ class _Strict(BaseModel):
 
 
 class FieldMap(_Strict):
-    """Which column of a data record holds the id (None: the record's line number), query and answer."""
+    """Which column of a data record holds the id (None: the record's line number), query and answer, and
+    optionally the group: records sharing a group (e.g. paraphrases of one question) are resampled together by
+    the bootstrap intervals."""
 
     id: str | None = "id"
     query: str = "query"
     answer: str = "answer"
+    group: str | None = None
 
 
 class TaskFile(_Strict):
@@ -68,8 +71,9 @@ class TaskFile(_Strict):
 
     @property
     def identity(self) -> dict[str, Any]:
-        """What changes a task's results (the prose fields excluded), for run keys."""
-        return self.model_dump(exclude={"title", "display_name", "description"}, by_alias=True)
+        """What changes a task's results, for run keys: not the prose fields, nor the group column (it changes
+        only the intervals, which tables and claims recompute from the per-instance scores and the split)."""
+        return self.model_dump(exclude={"title": True, "display_name": True, "description": True, "fields": {"group"}}, by_alias=True)
 
 
 class DocumentsRef(_Strict):

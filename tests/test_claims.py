@@ -109,6 +109,27 @@ def test_equivalence_and_ratio_claims(tmp_path):
     assert h2["verdict"] == "reproduced" and h2["diff"] == pytest.approx(4.0) and h2["n_test"] == 3
 
 
+def test_ratio_claims_resample_instance_groups_whole(tmp_path, monkeypatch):
+    from promptintern.harness import claims
+
+    # tokens that vary with the group (every 5 consecutive instances one group), as paraphrases of one question do
+    pi = _run(tmp_path, "promptintern", 0, REFS, tokens=[40 + 10 * (i // 5) for i in range(len(REFS))])
+    full = _run(tmp_path, "ft-full", 0, REFS, tokens=[900 - 60 * (i // 5) for i in range(len(REFS))])
+
+    def h1():
+        return {r["id"]: r for r in evaluate_claims([pi, full], ["nl2bash"])}["h1"]
+
+    monkeypatch.setattr(claims, "split_groups", lambda task: {})
+    plain = h1()
+    monkeypatch.setattr(claims, "split_groups", lambda task: {str(i): f"g{i // 5}" for i in range(len(REFS))})
+    grouped = h1()
+    assert grouped["diff"] == plain["diff"] and grouped["n_test"] == plain["n_test"] == len(REFS)
+    assert grouped["ci_high"] - grouped["ci_low"] > 1.5 * (plain["ci_high"] - plain["ci_low"])
+    # one instance per group is the plain bootstrap, draw for draw
+    monkeypatch.setattr(claims, "split_groups", lambda task: {str(i): f"g{i}" for i in range(len(REFS))})
+    assert (h1()["ci_low"], h1()["ci_high"]) == (plain["ci_low"], plain["ci_high"])
+
+
 def test_rows_with_more_test_instances_are_compared_on_the_shared_ones(tmp_path):
     """A sizing's row_overrides may give a claim's rows more test instances than the others: each claim pairs its
     two sides on the instances both have, so a row is compared with another on the other's instances."""

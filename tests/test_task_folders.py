@@ -53,6 +53,27 @@ def test_csv_data_user_metric_and_no_id_field(tmp_path):
     assert score.value == pytest.approx(75.0) and score.per_instance[1]["score"] == 0.5
 
 
+def test_a_group_column_clusters_the_intervals_and_keeps_the_run_keys(tmp_path):
+    from promptintern.harness.seeds import split_groups
+
+    fields = {"id": "id", "query": "word", "answer": "reversed", "group": "family"}
+    folder = write_task_folder(tmp_path, name="grouped", fields=fields)
+    path = folder / "data" / "test.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(r | {"family": i // 2}) + "\n" for i, r in enumerate(rows)))
+    task, plain = get_task(folder), get_task(write_task_folder(tmp_path, name="plain"))
+    assert [i.group for i in task.load("test")] == ["0", "0", "1", "1"]
+    assert [i.group for i in task.load("train")] == [None] * 8  # needed in the test split only
+    assert [i.group for i in plain.load("test")] == [None] * 4
+    split_groups.cache_clear()
+    assert split_groups("grouped") == {"test-0": "0", "test-1": "0", "test-2": "1", "test-3": "1"}
+    # the column changes the intervals, not the results: the run keys are those of the same task without it
+    assert task.identity()["spec"] | {"name": "plain"} == plain.identity()["spec"]
+    path.write_text("".join(json.dumps(r | ({"family": 1} if i else {})) + "\n" for i, r in enumerate(rows)))
+    with pytest.raises(TaskFolderError, match=r"test.jsonl:1: field 'family' \(group\) is missing or empty"):
+        get_task(folder).load("test")
+
+
 def test_bad_folder_lists_every_problem_with_file_and_line(tmp_path):
     folder = write_task_folder(tmp_path, shots=-1, metrc="bleu")
     (folder / "data" / "train.jsonl").write_text('{"id": "a", "word": "x", "reversed": "x"}\n{"id": "a", "word": "y"}\nnot json\n')

@@ -6,7 +6,8 @@ training seed of each. ``greater`` and ``equivalent`` claims use the task's metr
 seed-averaged scores and its 95 % interval from a two-stage bootstrap that resamples the seeds of each side and
 the test instances, shared by both sides (:meth:`~promptintern.tasks.metrics.Metric.seeded_interval`).
 ``reduction`` and ``speedup`` claims use a per-instance quantity (input tokens and cost from ``predictions.jsonl``,
-latency from the Table 8 server measurement) and a ratio of means, resampling instances. Verdicts:
+latency from the Table 8 server measurement) and a ratio of means, resampling instances. Every interval resamples
+a task's instance groups whole (paraphrases of one question, :mod:`promptintern.evaluation.stats`). Verdicts:
 
 * ``greater``: ``reproduced`` when the interval lies above 0, ``contradicted`` below 0, else ``inconclusive``
   (the interval holds both zero and the paper's direction).
@@ -31,7 +32,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from promptintern.harness.seeds import instance_rows, metric_for, on_shared_instances, seeds_of
+from promptintern.harness.seeds import instance_rows, metric_for, on_shared_instances, seeds_of, split_groups
 from promptintern.harness.store import RunRow
 from promptintern.harness.tables import SPEC_DIR, SpecError
 from promptintern.io import atomic_write_text, write_json
@@ -213,21 +214,35 @@ def _per_instance(rows: Sequence[RunRow], quantity: str) -> dict[Any, float]:
         raise _Missing(_name(rows[0]), f"predictions lack {exc}") from None
 
 
-def _on_shared(a_by_id: dict[Any, float], b_by_id: dict[Any, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Both sides' values on the instances both have, in ``a_by_id``'s order."""
+def _on_shared(a_by_id: dict[Any, float], b_by_id: dict[Any, float]) -> tuple[list, np.ndarray, np.ndarray]:
+    """The instances both sides have, in ``a_by_id``'s order, and both sides' values there."""
     ids = [i for i in a_by_id if i in b_by_id]
-    return np.asarray([a_by_id[i] for i in ids], dtype=float), np.asarray([b_by_id[i] for i in ids], dtype=float)
+    a = np.asarray([a_by_id[i] for i in ids], dtype=float)
+    return ids, a, np.asarray([b_by_id[i] for i in ids], dtype=float)
 
 
-def _ratio_interval(a: np.ndarray, b: np.ndarray, fn) -> tuple[float, float, float]:
-    """``fn(mean a, mean b)`` over paired instances, with its bootstrap interval."""
-    n = len(a)
-    rng = np.random.default_rng(0)
-    values = []
-    for _ in range(RESAMPLES):
-        idx = rng.integers(0, n, n)
-        values.append(fn(a[idx].mean(), b[idx].mean()))
-    return fn(a.mean(), b.mean()), float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
+def _instance_groups(task: str, rows: Sequence[RunRow], keys: Sequence, quantity: str) -> list[str] | None:
+    """The bootstrap cluster of each instance in ``keys`` (Table 8's latencies are keyed by request position:
+    the run's first test instances, in its predictions' order); None where the task has no groups."""
+    groups = split_groups(task)
+    if not groups:
+        return None
+    try:
+        ids = list(_predictions(rows[0]))[: len(keys)] if quantity == "latency_s" else list(keys)
+    except _Missing:
+        return None
+    if len(ids) < len(keys):
+        return None
+    return [groups.get(str(i), f"instance {i}") for i in ids]
+
+
+def _ratio_interval(a: np.ndarray, b: np.ndarray, fn, groups: Sequence[str] | None = None) -> tuple[float, float, float]:
+    """``fn(mean a, mean b)`` over paired instances, with its bootstrap interval (instance groups resampled
+    whole where ``groups`` labels them, as every other interval of the suite)."""
+    from promptintern.evaluation.stats import bootstrap_ci
+
+    lo, hi = bootstrap_ci(len(a), lambda idx: fn(a[idx].mean(), b[idx].mean()), resamples=RESAMPLES, groups=groups)
+    return fn(a.mean(), b.mean()), lo, hi
 
 
 # -- verdicts ---------------------------------------------------------------------------------------------
@@ -287,14 +302,16 @@ def evaluate_claim(spec: ClaimSpec, task: str, runs) -> dict[str, Any]:
         else:
             b_name = max(available, key=lambda n: _seed_mean(available[n]))
             b_rows = available[b_name]
-            a_vals, b_vals = _on_shared(_per_instance(a_rows, spec.quantity), _per_instance(b_rows, spec.quantity))
+            ids, a_vals, b_vals = _on_shared(_per_instance(a_rows, spec.quantity),
+                                             _per_instance(b_rows, spec.quantity))  # fmt: skip
             if not len(a_vals):
                 raise _Missing(b_name, f"no {spec.quantity} on an instance that {spec.a} has")
+            groups = _instance_groups(task, a_rows, ids, spec.quantity)
             if spec.kind == "reduction":
-                diff, lo, hi = _ratio_interval(a_vals, b_vals, lambda x, y: 100.0 * (1.0 - x / y))
+                diff, lo, hi = _ratio_interval(a_vals, b_vals, lambda x, y: 100.0 * (1.0 - x / y), groups)
                 unit = "% less"
             else:
-                diff, lo, hi = _ratio_interval(a_vals, b_vals, lambda x, y: y / x)
+                diff, lo, hi = _ratio_interval(a_vals, b_vals, lambda x, y: y / x, groups)
                 unit = "x"
             record |= {"diff": diff, "n_test": len(a_vals), "unit": unit,
                        "a_value": float(a_vals.mean()), "b_value": float(b_vals.mean()),
