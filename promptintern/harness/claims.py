@@ -378,7 +378,8 @@ def render_markdown(records: Sequence[dict], title: str = "Claims") -> str:
     lines += [
         "",
         "Bold: the primary claims (a)–(c). Intervals: 95 % percentile bootstrap (2,000 resamples) over the test",
-        "instances (a task's paraphrase groups resampled whole where its instances have them: NL2F-Spider), paired",
+        "instances (groups of related instances resampled whole where a task has them: NL2F-Spider's paraphrases,",
+        "NL2Bash's pairs that share a description; the data cards say why), paired",
         "between a and b, and over the training seeds of rows trained with several. greater:",
         "reproduced when the interval lies above 0, contradicted below 0, else inconclusive; equivalent: reproduced",
         "within ± the margin; reduction / speedup: against the threshold. Against a list of rows (claim c), b is",
