@@ -348,6 +348,20 @@ def case_reproduce_from_results(w: Workspace) -> None:
 
 
 @case(
+    "promptintern reproduce --from-results other-clone/results/cpu-full --out results/cpu-full --tasks nl2f",
+    sub="on copies of results/cpu (NL2Bash, smaller) for both folders, --tasks nl2bash.",
+)
+def case_reproduce_add_a_piece(w: Workspace) -> None:
+    for folder in ("results/cpu-full", "other-clone/results/cpu-full"):
+        shutil.copytree(REPO / "results" / "cpu", w.cwd / folder)
+    rows = (w.cwd / "results/cpu-full/rows.jsonl").read_text().splitlines()
+    w.cli("reproduce", "--from-results", "other-clone/results/cpu-full", "--out", "results/cpu-full", "--tasks",
+          "nl2bash")  # fmt: skip
+    assert len((w.cwd / "results/cpu-full/rows.jsonl").read_text().splitlines()) == len(rows)
+    assert "--tasks nl2bash" in (w.cwd / "results/cpu-full/table1.md").read_text()
+
+
+@case(
     "promptintern plan --profile paper [--tables 1,2,...] [--tasks T,...] [--models M,...] [--json]",
     "promptintern plan --profile paper [--models M,...] [--json]",
     sub="--models Llama2-7B,GPT-3.5-turbo-0125 --tables 7 --tasks nl2bash (the whole paper plan expands 360 rows, "

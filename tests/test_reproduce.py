@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from promptintern.harness.experiment import Experiment
 from promptintern.harness.reproduce import reproduce, reproduce_cmd
 from promptintern.harness.store import ResultsStore
+from promptintern.harness.tables import SpecError
 from promptintern.profile import load_profile
 from promptintern.prompting.tokens import counter_for
 
@@ -336,6 +337,28 @@ def test_seeded_rows_claims_export_and_rebuild_from_results(tmp_path, tiny_model
         assert {(r.method, r.seed): r.value for r in store.rows("9")} == kept
     assert rebuilt["rows"] == summary["rows"]
     assert (tmp_path / "rebuilt" / "table9.md").is_file() and (tmp_path / "rebuilt" / "claims.json").is_file()
+
+    # a piece run elsewhere, added to a results folder: its rows replace those with the same key, except that a
+    # finished row is not replaced by one that did not finish; rows it lacks are kept; --tasks filters the piece
+    import shutil
+
+    task = rows[0].task
+    target, piece = tmp_path / "target", tmp_path / "piece"
+    shutil.copytree(out, target)
+    shutil.copytree(out, piece)
+    lines = [json.loads(line) for line in (piece / "rows.jsonl").read_text().splitlines()]
+    lines = [e | ({"value": 99.0} if e["seed"] == 1 else {"status": "failed", "reason": "OOM"} if e["method"] == "zero-shot" else {})
+             for e in lines if not (e["method"] == "ft-none" and e["seed"] == 0)]  # fmt: skip
+    (piece / "rows.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    with ResultsStore(tmp_path / "r5.sqlite") as store:
+        other = "mbpp" if task != "mbpp" else "nl2f"
+        with pytest.raises(SpecError, match=f"holds no rows of {other}"):
+            rebuild(piece, specs=load_specs_from(specs), out=target, store=store, tasks=[other])
+        merged = rebuild(piece, specs=load_specs_from(specs), out=target, store=store, tasks=[task])
+        got = {(r.method, r.seed): (r.status, r.value) for r in store.rows("9")}
+    assert got == {("ft-none", 0): ("ok", kept[("ft-none", 0)]), ("ft-none", 1): ("ok", 99.0),
+                   ("zero-shot", 0): ("ok", kept[("zero-shot", 0)])}  # fmt: skip
+    assert merged["rows"] == summary["rows"] and len((target / "rows.jsonl").read_text().splitlines()) == 3
 
 
 def load_specs_from(directory):

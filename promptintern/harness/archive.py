@@ -106,10 +106,14 @@ def read_rows(folder: str | Path) -> list[RunRow]:
     return rows
 
 
-def import_runs(folder: str | Path, store: ResultsStore, *, missing_only: bool = False) -> list[RunRow]:
+def import_runs(folder: str | Path, store: ResultsStore, *, missing_only: bool = False,
+                tasks: Iterable[str] | None = None) -> list[RunRow]:  # fmt: skip
     """Record the rows of an exported results folder into ``store`` (``missing_only``: only those whose key the
-    store does not hold yet); returns the rows recorded."""
+    store does not hold yet; ``tasks``: only those of these tasks); returns the rows recorded."""
     rows = read_rows(folder)
+    if tasks is not None:
+        wanted = set(tasks)
+        rows = [r for r in rows if r.task in wanted]
     if missing_only:
         held = {r.key for r in store.rows()}
         rows = [r for r in rows if r.key not in held]

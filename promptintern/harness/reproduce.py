@@ -27,7 +27,7 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -471,18 +471,22 @@ def _from_archive(job: Job, archived: dict[str, RunRow], store: ResultsStore) ->
 
 
 def rebuild(folder: str | Path, *, specs=None, out: str | Path | None = None, store: ResultsStore | None = None,
-            command: str | None = None) -> dict[str, Any]:  # fmt: skip
+            command: str | None = None, tasks: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """``--from-results``: the store, tables, plots and claims rebuilt from an exported results folder, no
-    training or generation. ``out``: default the folder itself."""
-    from promptintern.harness.archive import import_runs
+    training or generation. ``out``: default the folder itself; an ``out`` that already holds exported results
+    keeps them, the folder's rows replacing those with the same key (a finished one is not replaced by one that did
+    not finish), and renders them all: how a piece run in another clone or home is added. ``tasks``: only those tasks' rows of the folder."""
+    from promptintern.harness.archive import import_runs, read_rows
 
     folder = Path(folder)
     own = store is None
     store = store or ResultsStore()
     try:
-        rows = import_runs(folder, store)
+        rows = import_runs(folder, store, tasks=tasks or None)
         if not rows:
-            raise SpecError(f"{folder / ROWS_FILE} holds no rows")
+            raise SpecError(f"{folder / ROWS_FILE} holds no rows" + (f" of {', '.join(tasks)}" if tasks else ""))
+        if out is not None and Path(out).resolve() != folder.resolve() and (Path(out) / ROWS_FILE).is_file():
+            rows += _keep_held(read_rows(out), rows, store)
         first = rows[0]
         try:
             base = load_profile(first.profile)
@@ -496,6 +500,16 @@ def rebuild(folder: str | Path, *, specs=None, out: str | Path | None = None, st
     finally:
         if own:
             store.close()
+
+
+def _keep_held(held: list[RunRow], piece: list[RunRow], store: ResultsStore) -> list[RunRow]:
+    """Record the rows of ``held`` (a results folder's) that ``piece`` does not replace: other keys, and finished
+    rows where the piece's row with that key did not finish. Returns them."""
+    status = {r.key: r.status for r in piece}
+    kept = [r for r in held if r.key not in status or (r.status == "ok" and status[r.key] != "ok")]
+    for row in kept:
+        store.record(row)
+    return kept
 
 
 def reproduce(
@@ -687,7 +701,7 @@ def reproduce_cmd(
         None,
         "--from-results",
         help="Rebuild the store, tables, plots and claims from an exported results folder (e.g. results/cpu-full) "
-        "without training or generating.",
+        "without training or generating; with --tasks, only those tasks' rows (merging a piece into --out).",
     ),
     models: str | None = typer.Option(
         None, "--models", help="Comma-separated models of the profile (ids or paper names): one run per model, "
@@ -706,9 +720,13 @@ def reproduce_cmd(
 
     tasks = [*(tasks or ()), *(t.strip() for t in (tasks_list or "").split(",") if t.strip())]
     if from_results is not None:
-        command = f"promptintern reproduce --from-results {from_results}" + (f" --out {out}" if out else "")
+        from promptintern.tasks import resolve_task
+
+        names = [resolve_task(t) for t in tasks]
+        command = (f"promptintern reproduce --from-results {from_results}" + (f" --out {out}" if out else "")
+                   + (f" --tasks {','.join(names)}" if names else ""))  # fmt: skip
         with contextlib.redirect_stdout(sys.stderr):
-            summary = rebuild(from_results, specs=load_specs(tables), out=out, command=command)
+            summary = rebuild(from_results, specs=load_specs(tables), out=out, command=command, tasks=names)
         typer.echo(json.dumps(summary, indent=2))
         return
 
