@@ -158,3 +158,38 @@ def test_parallel_contexts_give_the_single_contexts_answers_in_prompt_order():
     assert [g.input_tokens for g in par] == [len(i) for i in ids]
     with pytest.raises(ValueError, match="workers"):
         LlamaCppGenerator(gguf_for("embedded"), workers=0)
+
+
+@pytest.mark.integration
+def test_prefix_reuse_evaluates_every_prompt_from_the_shared_prefix_whatever_came_before():
+    """llama.cpp's logits depend on how a prompt is split into batches, so with prefix reuse each prompt must be
+    evaluated from the same position whichever context serves it and whatever that context served before:
+    the shared prefix alone once per context, then each prompt's rest (llama-cpp-python's own prefix match
+    would start "list all the files" after "list all", shared with the prompt before it)."""
+    pytest.importorskip("llama_cpp")
+    from promptintern.serving.llamacpp import LlamaCppGenerator, gguf_for
+    from promptintern.serving.models import load_tokenizer
+
+    tok = load_tokenizer("embedded")
+    questions = ["list all python files", "list all the files", "count lines in a.txt", "list all python files"]
+    ids = [
+        tok(tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False)["input_ids"]
+        for q in questions
+    ]  # fmt: skip
+    gen = LlamaCppGenerator(gguf_for("embedded"), n_ctx=512)
+    starts: list[tuple[int, int]] = []  # (position, tokens) of every evaluation of a prompt's tokens
+    real_eval = gen.llm.eval
+    gen.llm.eval = lambda tokens: (starts.append((gen.llm.n_tokens, len(tokens))), real_eval(tokens))[1]
+    shared = next(i for i, column in enumerate(zip(*ids, strict=False)) if len(set(column)) > 1)
+    out = list(gen.generate(ids, max_new_tokens=6, reuse_prefix=True))
+    prompt_evals = [s for s in starts if s[1] > 1]  # decoding evaluates one token at a time
+    assert prompt_evals[0] == (0, shared)  # the shared prefix, on its own
+    assert [s[0] for s in prompt_evals[1:]] == [shared] * len(ids)
+    assert [g.cached_tokens for g in out] == [shared] * len(ids)
+    assert out[3].text == out[0].text  # the same prompt after another: the same answer
+    # a resumed run passes the whole subset's shared prefix; a prompt that does not start with it is refused
+    again = list(gen.generate(ids[1:2], max_new_tokens=6, reuse_prefix=True, shared_prefix=shared))
+    assert again[0].text == out[1].text and again[0].cached_tokens == shared
+    with pytest.raises(ValueError, match="shared_prefix"):
+        list(gen.generate([ids[0], [7, 8, 9]], max_new_tokens=2, reuse_prefix=True, shared_prefix=shared))

@@ -36,6 +36,14 @@ if TYPE_CHECKING:
     from promptintern.prompting.prompt import Prompt
 
 
+def shared_prefix(tok, all_prompts) -> int:
+    """Tokens the whole test subset's prompts share (the template, for a full prompt): llama.cpp computes them
+    once per context and every prompt from there, whether a run generates its subset at once or resumes."""
+    from promptintern.serving.prefix_cache import common_prefix_length
+
+    return common_prefix_length([tok(p.render(tok), add_special_tokens=False)["input_ids"] for p in all_prompts])
+
+
 class Method:
     """Base class: a trained method served with the prompt of its last stage, LoRA merged for decoding."""
 
@@ -116,7 +124,8 @@ class Method:
             ids = [tok(text, add_special_tokens=False)["input_ids"] for text in rendered]
             if exp.backend == "vllm":  # one engine call; vLLM caches shared prefixes itself
                 return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop)
-            return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop, reuse_prefix=exp.reuses_prefix)
+            return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop, reuse_prefix=exp.reuses_prefix,
+                                  shared_prefix=shared_prefix(tok, all_prompts) if exp.reuses_prefix else None)
         if exp.backend == "openai":
             from promptintern.serving.openai_backend import ServedPrompt
 
@@ -215,7 +224,8 @@ class PrefixCached(Fixed):
             ids = [tok(p.render(tok), add_special_tokens=False)["input_ids"] for p in prompts]
             if exp.backend == "vllm":
                 return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop)
-            return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop, reuse_prefix=True)
+            return model.generate(ids, max_new_tokens=max_new_tokens, stop=stop, reuse_prefix=True,
+                                  shared_prefix=shared_prefix(tok, all_prompts))
 
         cached = PrefixCachedGenerator(model, tok)
         cached.prepare([p.render(tok) for p in all_prompts])  # the whole subset's prefix, so a resume reuses it

@@ -79,17 +79,30 @@ class LlamaCppGenerator:
         self.llm = self.contexts[0]
         self.identity = {"gguf": gguf.name, "lora": lora is not None, "flash_attn": flash_attn}
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
-                 stop: Sequence[str] = (), reuse_prefix: bool = False) -> Iterator[Generation]:  # fmt: skip
+    def generate(self, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
+                 reuse_prefix: bool = False, shared_prefix: int | None = None) -> Iterator[Generation]:  # fmt: skip
         """Greedy completions, one per prompt (token ids), cut at the first stop string, in prompt order.
 
-        ``reuse_prefix``: keep the key/values of the longest prefix a prompt shares with the tokens its
-        context evaluated just before (llama-cpp-python's own prefix match), so a shared template is computed
-        once per context; each generation then says how many of its prompt tokens came from the cache
-        (``cached_tokens``). Otherwise every prompt is evaluated whole."""
+        ``reuse_prefix``: the key/values of the prompts' shared prefix (``shared_prefix`` tokens, default the
+        longest prefix all of ``prompt_ids`` share; at most all but the last token of each) are computed once
+        per context, on their own, and every prompt evaluates only what follows them; each generation says how
+        many of its prompt tokens came from the cache (``cached_tokens``). Otherwise every prompt is evaluated
+        whole. llama.cpp's logits depend on how a prompt is split into batches, so the split is fixed: a
+        prompt's answer does not depend on which context serves it or what that context served before (with
+        llama-cpp-python's own prefix match it did, and two workers gave a few different answers per
+        250 prompts from run to run)."""
+        prefix = 0
+        if reuse_prefix and prompt_ids:
+            from promptintern.serving.prefix_cache import common_prefix_length
+
+            prefix = common_prefix_length(prompt_ids) if shared_prefix is None else shared_prefix
+            prefix = min(prefix, *(len(ids) - 1 for ids in prompt_ids))
+        shared = list(prompt_ids[0][:prefix]) if prefix > 0 else []
+        if reuse_prefix and any(list(ids[:prefix]) != shared for ids in prompt_ids):
+            raise ValueError(f"shared_prefix={prefix}: not every prompt starts with the same {prefix} tokens")
         if len(self.contexts) == 1:
             for ids in prompt_ids:
-                yield self._complete(self.llm, list(ids), max_new_tokens, stop, reuse_prefix)
+                yield self._complete(self.llm, list(ids), max_new_tokens, stop, reuse_prefix, shared)
             return
         import queue
         from concurrent.futures import ThreadPoolExecutor
@@ -101,7 +114,7 @@ class LlamaCppGenerator:
         def one(ids):
             llm = free.get()
             try:
-                return self._complete(llm, list(ids), max_new_tokens, stop, reuse_prefix)
+                return self._complete(llm, list(ids), max_new_tokens, stop, reuse_prefix, shared)
             finally:
                 free.put(llm)
 
@@ -115,16 +128,22 @@ class LlamaCppGenerator:
                     future.cancel()
 
     @staticmethod
-    def _complete(llm, ids: list[int], max_new_tokens: int, stop: Sequence[str], reuse_prefix: bool) -> Generation:
+    def _complete(llm, ids: list[int], max_new_tokens: int, stop: Sequence[str], reuse_prefix: bool,
+                  shared: list[int]) -> Generation:  # fmt: skip
         from promptintern.serving.prefix_cache import CachedGeneration
 
-        cached = 0
-        if reuse_prefix:
-            held = list(llm._input_ids)  # what the context holds now
-            cached = next((i for i, (a, b) in enumerate(zip(held, ids[:-1], strict=False)) if a != b),
-                          min(len(held), len(ids) - 1))  # fmt: skip
-        else:
+        if not shared:
             llm.reset()
+            llm.prefix_held = None
+        else:
+            if getattr(llm, "prefix_held", None) != shared:
+                llm.reset()
+                llm.eval(shared)  # the shared prefix on its own: the same batches on every context
+                llm.prefix_held = list(shared)
+            # keep the shared prefix and drop what followed it: llama-cpp-python's prefix match (in
+            # create_completion) stops there, and the rest of the prompt is evaluated from the same position
+            llm.n_tokens = len(shared)
+        cached = len(shared)
         t0 = time.perf_counter()
         out = llm.create_completion(
             prompt=ids, max_tokens=max_new_tokens, temperature=0.0, top_k=1, stop=list(stop) or None
