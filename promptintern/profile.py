@@ -216,11 +216,12 @@ class GenerationSpec(_Strict):
     #: generated alone on one context, so the outputs do not depend on it (not part of a run's key); two
     #: one-thread contexts decode 1.85x as many tokens per second as one two-thread context on 2 cores.
     llamacpp_workers: int | None = Field(None, ge=1)
-    #: llama.cpp keeps the key/values of the prefix a prompt shares with the previous prompt of its context (the
-    #: template), so the harness computes a shared template once per context instead of once per instance. The
-    #: greedy answers are the same; ``latency_s`` and ``cached_tokens`` in predictions.jsonl then reflect the
-    #: reuse, while Table 8 is measured separately through a server that recomputes every prompt (the
-    #: prefix-cached row excepted). Part of a run's key when on.
+    #: llama.cpp computes the prefix all test prompts share (the template) once per context and every prompt from
+    #: there, instead of every prompt whole. llama.cpp's logits depend on how a prompt is split into batches, so
+    #: an answer can rarely differ from whole-prompt evaluation (part of a run's key when on), but it does not
+    #: depend on the context or on the prompt before it. ``latency_s`` and ``cached_tokens`` in predictions.jsonl
+    #: reflect the reuse, while Table 8 is measured separately through a server that recomputes every prompt
+    #: (the prefix-cached row excepted).
     llamacpp_reuse_prefix: bool = False
     #: GPUs of one vLLM engine (``backend: vllm``; tensor parallel). Not part of a run's key.
     vllm_tensor_parallel_size: int = Field(1, ge=1)
