@@ -36,7 +36,9 @@ def _rows(path: Path) -> tuple[list[tuple[int, Any]], list[str]]:
 
 def query_text(spec, record: dict[str, Any]) -> str:
     """The query as the prompt shows it: ``query_format`` over the record's columns and the role names."""
-    roles = {role: record.get(column) for role, column in spec.fields.model_dump().items() if column}
+    # the id/query/answer roles; the group column is no role of the prompt (a data column "group" stays data)
+    columns = spec.fields.model_dump(exclude={"group"})
+    roles = {role: record.get(column) for role, column in columns.items() if column}
     return spec.query_format.format(**(record | roles)).strip()
 
 

@@ -73,7 +73,8 @@ class TaskFile(_Strict):
     def identity(self) -> dict[str, Any]:
         """What changes a task's results, for run keys: not the prose fields, nor the group column (it changes
         only the intervals, which tables and claims recompute from the per-instance scores and the split)."""
-        return self.model_dump(exclude={"title": True, "display_name": True, "description": True, "fields": {"group"}}, by_alias=True)
+        prose = {"title": True, "display_name": True, "description": True}
+        return self.model_dump(exclude=prose | {"fields": {"group"}}, by_alias=True)
 
 
 class DocumentsRef(_Strict):

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from promptintern.cli import app
 from promptintern.tasks import TaskFolderError, get_task, include_path, resolve_task, task_names
+from promptintern.tasks.records import query_text
 from promptintern.testing import write_task_folder
 
 runner = CliRunner()
@@ -60,9 +61,11 @@ def test_a_group_column_clusters_the_intervals_and_keeps_the_run_keys(tmp_path):
     folder = write_task_folder(tmp_path, name="grouped", fields=fields)
     path = folder / "data" / "test.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    path.write_text("".join(json.dumps(r | {"family": i // 2}) + "\n" for i, r in enumerate(rows)))
+    path.write_text("".join(json.dumps(r | {"family": i // 2, "group": "g"}) + "\n" for i, r in enumerate(rows)))
     task, plain = get_task(folder), get_task(write_task_folder(tmp_path, name="plain"))
     assert [i.group for i in task.load("test")] == ["0", "0", "1", "1"]
+    spec = task.spec.model_copy(update={"query_format": "{query} ({group})"})
+    assert query_text(spec, json.loads(path.read_text().splitlines()[0])) == "island (g)"  # a column stays data
     assert [i.group for i in task.load("train")] == [None] * 8  # needed in the test split only
     assert [i.group for i in plain.load("test")] == [None] * 4
     split_groups.cache_clear()

@@ -236,7 +236,8 @@ def _instance_groups(task: str, rows: Sequence[RunRow], keys: Sequence, quantity
     return [groups.get(str(i), f"instance {i}") for i in ids]
 
 
-def _ratio_interval(a: np.ndarray, b: np.ndarray, fn, groups: Sequence[str] | None = None) -> tuple[float, float, float]:
+def _ratio_interval(a: np.ndarray, b: np.ndarray, fn,
+                    groups: Sequence[str] | None = None) -> tuple[float, float, float]:  # fmt: skip
     """``fn(mean a, mean b)`` over paired instances, with its bootstrap interval (instance groups resampled
     whole where ``groups`` labels them, as every other interval of the suite)."""
     from promptintern.evaluation.stats import bootstrap_ci

@@ -475,7 +475,8 @@ def rebuild(folder: str | Path, *, specs=None, out: str | Path | None = None, st
     """``--from-results``: the store, tables, plots and claims rebuilt from an exported results folder, no
     training or generation. ``out``: default the folder itself; an ``out`` that already holds exported results
     keeps them, the folder's rows replacing those with the same key (a finished one is not replaced by one that did
-    not finish), and renders them all: how a piece run in another clone or home is added. ``tasks``: only those tasks' rows of the folder."""
+    not finish), and renders them all: how a piece run in another clone or home is added. ``tasks``: only those
+    tasks' rows of the folder."""
     from promptintern.harness.archive import import_runs, read_rows
 
     folder = Path(folder)
