@@ -151,6 +151,10 @@ def test_render_exact_markdown_and_csv(tmp_path):
         )
         store.record(_row("llmlingua2", status="not run", reason="no checkpoint |\n set X"))
         store.record(_row("promptintern", profile="paper", value=99.0))  # another profile: not shown
+        # a task the spec does not show (a `--tasks` piece records every table it touches): neither a cell nor a
+        # commit in the Provenance line
+        other = {**PROV, "git": {"commit": "b" * 40, "dirty": False}}
+        store.record(_row("promptintern", task="nl2f", value=5.0, provenance=other))
         rows = store.rows("9", "cpu", model="embedded")
     paths = write_table(
         spec,

@@ -40,7 +40,15 @@ from promptintern.evaluation.cost import Prices, load_prices
 from promptintern.harness.archive import ROWS_FILE, export_runs
 from promptintern.harness.provenance import collect, utc_now
 from promptintern.harness.store import ResultsStore, RunRow
-from promptintern.harness.tables import SPEC_DIR, RowSpec, SpecError, TableSpec, load_specs, render_all
+from promptintern.harness.tables import (
+    SPEC_DIR,
+    RowSpec,
+    SpecError,
+    TableSpec,
+    load_specs,
+    render_all,
+    spec_cells,
+)
 from promptintern.io import append_jsonl, write_json
 from promptintern.profile import Profile, ProfileError, deep_merge, load_profile, validate_profile
 
@@ -380,12 +388,6 @@ def _result_fields(
     }
 
 
-def _cells(spec: TableSpec, rows: list[RunRow]) -> list[RunRow]:
-    """The stored rows that are cells of ``spec`` (rows of since-removed spec rows are left out)."""
-    wanted = {(r.method, r.variant, t) for r in spec.rows for t in spec.tasks}
-    return [r for r in rows if (r.method, r.variant, r.task) in wanted]
-
-
 def _server_latency(specs, jobs, store: ResultsStore, base: Profile, model: str, progress: bool) -> None:
     """Table 8's latency through the OpenAI-compatible server (:mod:`.latency_table`), written into its rows."""
     from promptintern.harness.latency_table import measure_task, row_fields
@@ -429,7 +431,7 @@ def _render(store: ResultsStore, specs, out: Path, base: Profile, model: str, co
     from promptintern.harness.claims import evaluate_claims, write_claims
 
     paths = render_all(store, specs, out, profile=base.name, model=model, command=command)
-    rows = [r for spec in specs for r in _cells(spec, store.rows(spec.id, base.name, model=model))]
+    rows = [r for spec in specs for r in spec_cells(spec, store.rows(spec.id, base.name, model=model))]
     paths += plots.render_plots(rows, base, out)
     present = {r.task for r in rows}
     tasks = [t for t in dict.fromkeys(t for spec in specs for t in spec.tasks) if t in present]  # the tables' order

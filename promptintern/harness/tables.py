@@ -651,6 +651,12 @@ def render_json(
     }
 
 
+def spec_cells(spec: TableSpec, rows: Sequence[RunRow]) -> list[RunRow]:
+    """The rows that are cells of ``spec``: (method, variant, task) among its rows x tasks, in their order."""
+    wanted = {(r.method, r.variant, t) for r in spec.rows for t in spec.tasks}
+    return [r for r in rows if (r.method, r.variant, r.task) in wanted]
+
+
 def write_table(
     spec: TableSpec,
     rows: Sequence[RunRow],
@@ -661,7 +667,12 @@ def write_table(
     command: str | None = None,
     rendered_at: str | None = None,
 ) -> list[Path]:
-    """Write ``table{id}.md/.csv/.json`` under ``out`` (atomic writes); returns the paths."""
+    """Write ``table{id}.md/.csv/.json`` under ``out`` (atomic writes); returns the paths.
+
+    Only the rows that are cells of ``spec`` enter the files, provenance included: a store may hold rows of this
+    table for tasks or rows the spec does not show (a piece run with ``--tasks`` records every table it touches).
+    """
+    rows = spec_cells(spec, rows)
     out = Path(out)
     rendered_at = rendered_at or utc_now()
     kw = {"profile": profile, "model": model, "command": command, "rendered_at": rendered_at}
