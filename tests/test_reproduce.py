@@ -231,6 +231,15 @@ def test_an_interrupted_run_keeps_the_experiments_that_finished(tmp_path, tiny_m
     exported = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     assert [e["method"] for e in exported] == [calls[0].split("/")[1]] and exported[0]["status"] == "ok"
     assert (out / exported[0]["directory"] / "scores.jsonl").is_file()
+    # a row that cannot run here (no GGUF for llama.cpp) is exported with its reason as it is recorded, so a
+    # stopped sitting's folder says why that cell is empty instead of "not run yet"
+    calls.clear()
+    with ResultsStore(tmp_path / "r2.sqlite") as store, pytest.raises(KeyboardInterrupt):
+        reproduce("smoke", "9", model=str(tiny_model_dir), out=tmp_path / "out2", spec_dir=specs, sizing=False,
+                  progress=False, store=store, backend="llamacpp")  # fmt: skip
+    exported = [json.loads(line) for line in (tmp_path / "out2" / "rows.jsonl").read_text().splitlines()]
+    assert [(e["status"], e["directory"]) for e in exported] == [("not run", None)]
+    assert "GGUF" in exported[0]["reason"]
 
 
 def test_tasks_and_backend_options_reach_every_experiment(tmp_path, tiny_model_dir):

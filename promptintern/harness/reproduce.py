@@ -623,8 +623,8 @@ def reproduce(
             ]
             for one in recorded:
                 store.record(one)
-            if result is not None:  # exported as it finishes: a run stopped later keeps it in `out`
-                export_runs(recorded, out)
+            if result is not None or status == "not run":  # exported as it finishes (a result, or the reason
+                export_runs(recorded, out)  # it cannot run here): a run stopped later keeps it in `out`
             brief = f"{result['primary']} {result['value']:.2f}" if result else reason
             _say(f"{i}/{len(work.jobs)} {job.name}: {status} ({brief}) in {_duration(wall)}", progress)
             log.append(
