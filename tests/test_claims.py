@@ -109,6 +109,23 @@ def test_equivalence_and_ratio_claims(tmp_path):
     assert h2["verdict"] == "reproduced" and h2["diff"] == pytest.approx(4.0) and h2["n_test"] == 3
 
 
+def test_two_rows_that_both_score_zero_are_inconclusive_not_equivalent(tmp_path):
+    nothing = ["qqq"] * len(REFS)  # no n-gram of any reference: BLEU 0 on every instance
+    pi = [_run(tmp_path, "promptintern", s, nothing) for s in (0, 1)]
+    rows = pi + [_run(tmp_path, "ft-compressed", s, nothing) for s in (0, 1)] + [_run(tmp_path, "ft-none", 0, nothing)]
+    assert {r.value for r in rows} == {0.0}
+    records = {r["id"]: r for r in evaluate_claims(rows, ["nl2bash"])}
+    b = records["b"]  # the interval [0, 0] lies inside the margin, yet the metric saw nothing of either row
+    assert (b["ci_low"], b["ci_high"]) == (0.0, 0.0) and b["verdict"] == "inconclusive" and "cannot separate" in b["note"]
+    assert records["a"]["verdict"] == "inconclusive" and records["a"]["note"]
+    md = render_markdown(list(records.values()))
+    assert "| inconclusive (both 0) |" in md and "no verdict either way" in md
+    # one row that scores is compared as usual
+    some = [_run(tmp_path, "ft-none", 1, _noisy(2))]
+    a = {r["id"]: r for r in evaluate_claims(pi + some, ["nl2bash"])}["a"]
+    assert a["verdict"] == "contradicted" and "note" not in a
+
+
 def test_ratio_claims_resample_instance_groups_whole(tmp_path, monkeypatch):
     from promptintern.harness import claims
 

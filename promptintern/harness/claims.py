@@ -16,6 +16,10 @@ a task's instance groups whole (paraphrases of one question, :mod:`promptintern.
 * ``reduction`` / ``speedup``: against the claim's threshold in the same way as ``greater`` against 0.
 * ``not run``: a row is missing, did not run, or lacks its per-instance records; the reason says which.
 
+A ``greater`` or ``equivalent`` comparison in which every seed of both rows scores 0 (e.g. a small model that
+never matches an NL2F formula exactly) is ``inconclusive`` whatever its interval, with a ``note``: its interval is
+[0, 0], which would otherwise read as equivalence reproduced, but the metric cannot separate the rows at all.
+
 :func:`write_claims` writes ``claims.json`` (one object per claim and task: ``claim``, ``task``, ``a``, ``b``,
 ``diff``, ``ci_low``, ``ci_high``, ``n_test``, ``seeds``, ``verdict``, ``primary``, ``paper`` and a few more) and
 ``claims.md``.
@@ -40,6 +44,8 @@ from promptintern.io import atomic_write_text, write_json
 CLAIMS_FILE = SPEC_DIR / "claims.yaml"
 RESAMPLES = 2000
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "not run")
+#: The lowest score of every task metric (BLEU, EM, pass@1): two rows both there have nothing to compare.
+FLOOR = 0.0
 #: Price-file line the cost claim bills requests at (the paper's fine-tuned GPT-3.5 rows).
 COST_MODEL = "ft:gpt-3.5-turbo"
 
@@ -320,6 +326,10 @@ def evaluate_claim(spec: ClaimSpec, task: str, runs) -> dict[str, Any]:
         record["b"] = b_name
         record["seeds"] = {"a": seeds_of(a_rows), "b": seeds_of(b_rows)}
         record |= {"ci_low": lo, "ci_high": hi, "verdict": verdict(spec, lo, hi)}
+        if spec.kind in ("greater", "equivalent") and record["a_value"] == record["b_value"] == FLOOR:
+            record["verdict"] = "inconclusive"
+            record["note"] = (f"both rows score {FLOOR:g} {record['unit']} with every seed on the "
+                              f"{record['n_test']} shared instances: the metric cannot separate them here")
         if spec.kind == "equivalent":
             record["margin"] = spec.margin
             record["tokens_ratio"] = _tokens_ratio(b_rows, a_rows)
@@ -372,9 +382,10 @@ def render_markdown(records: Sequence[dict], title: str = "Claims") -> str:
         seeds = r.get("seeds") or {}
         seed_text = " / ".join(",".join(map(str, seeds.get(k, []))) for k in ("a", "b")) if seeds else "—"
         name = f"**({r['id']}) {r['claim']}**" if r["primary"] else f"({r['id']}) {r['claim']}"
+        result = f"{r['verdict']} (both {FLOOR:g})" if r.get("note") else r["verdict"]
         lines.append(
             f"| {name} | {r['task']} | {r['a']} | {r['b'] or '—'} | {ours} | {r['n_test'] or '—'} | {seed_text} "
-            f"| {r['verdict']} | {r['paper'] or '—'} |"
+            f"| {result} | {r['paper'] or '—'} |"
         )
     lines += [
         "",
@@ -386,6 +397,9 @@ def render_markdown(records: Sequence[dict], title: str = "Claims") -> str:
         "within ± the margin; reduction / speedup: against the threshold. Against a list of rows (claim c), b is",
         "the one with the best seed-averaged score.",
     ]
+    if any(r.get("note") for r in records):
+        lines += ["", f"inconclusive (both {FLOOR:g}): every seed of both rows scores {FLOOR:g}, so the interval is "
+                  f"[{FLOOR:g}, {FLOOR:g}] but", "the metric cannot separate the rows; no verdict either way."]
     if notes:
         lines += ["", "Not run:", ""] + [f"{i}. {n}" for i, n in enumerate(notes, 1)]
     return "\n".join(lines) + "\n"
