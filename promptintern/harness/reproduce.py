@@ -47,7 +47,6 @@ from promptintern.harness.tables import (
     TableSpec,
     load_specs,
     render_all,
-    spec_cells,
 )
 from promptintern.io import append_jsonl, write_json
 from promptintern.profile import Profile, ProfileError, deep_merge, load_profile, validate_profile
@@ -430,8 +429,7 @@ def _render(store: ResultsStore, specs, out: Path, base: Profile, model: str, co
     from promptintern.harness import plots
     from promptintern.harness.claims import evaluate_claims, write_claims
 
-    paths = render_all(store, specs, out, profile=base.name, model=model, command=command)
-    rows = [r for spec in specs for r in spec_cells(spec, store.rows(spec.id, base.name, model=model))]
+    paths, rows = render_all(store, specs, out, profile=base.name, model=model, command=command)
     paths += plots.render_plots(rows, base, out)
     present = {r.task for r in rows}
     tasks = [t for t in dict.fromkeys(t for spec in specs for t in spec.tasks) if t in present]  # the tables' order

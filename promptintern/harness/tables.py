@@ -692,13 +692,16 @@ def render_all(
     profile: str,
     model: str,
     command: str | None = None,
-) -> list[Path]:
-    """Render every spec from the store rows of (table, profile, model) into ``out``."""
+) -> tuple[list[Path], list[RunRow]]:
+    """Render every spec from the store rows of (table, profile, model) into ``out``; (paths, the rows that are
+    cells of the specs, in spec order)."""
     rendered_at = utc_now()
     paths: list[Path] = []
+    cells: list[RunRow] = []
     for spec in specs:
-        rows = store.rows(spec.id, profile, model=model)
+        rows = spec_cells(spec, store.rows(spec.id, profile, model=model))
         paths += write_table(
             spec, rows, out, profile=profile, model=model, command=command, rendered_at=rendered_at
         )
-    return paths
+        cells += rows
+    return paths, cells
