@@ -85,6 +85,7 @@ def test_claims_verdicts_seeds_and_best_of(tmp_path):
     assert records["b"]["verdict"] == "not run" and records["b"]["reason"] == "ft-compressed: not run yet: no result for nl2bash in the results store"
     md = render_markdown(list(records.values()))
     assert "**(a)" in md and "| reproduced |" in md and "Not run:" in md and "(ft-compressed)" in md
+    assert "not adjusted for the 2 primary comparisons that ran" in md and "1 − 0.95^2 = 10%" in md
 
 
 def test_equivalence_and_ratio_claims(tmp_path):

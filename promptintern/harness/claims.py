@@ -397,6 +397,11 @@ def render_markdown(records: Sequence[dict], title: str = "Claims") -> str:
         "within ± the margin; reduction / speedup: against the threshold. Against a list of rows (claim c), b is",
         "the one with the best seed-averaged score.",
     ]
+    ran = sum(1 for r in records if r["primary"] and r["verdict"] != "not run")
+    if ran > 1:
+        lines += ["", f"Each interval covers 95 % on its own, not adjusted for the {ran} primary comparisons that ran: "
+                  f"a wrong verdict", f"among them is more likely than 5 % (up to 1 − 0.95^{ran} = "
+                  f"{1 - 0.95**ran:.0%} if they were independent)."]
     if any(r.get("note") for r in records):
         lines += ["", f"inconclusive (both {FLOOR:g}): every seed of both rows scores {FLOOR:g}, so the interval is "
                   f"[{FLOOR:g}, {FLOOR:g}] but", "the metric cannot separate the rows; no verdict either way."]
