@@ -362,6 +362,17 @@ def case_reproduce_add_a_piece(w: Workspace) -> None:
 
 
 @case(
+    "promptintern reproduce --profile cpu-full --dry-run",
+    sub="run as written, with a copy of results/cpu beside it (a folder of the cpu-full sizing's reuse).",
+)
+def case_reproduce_dry_run(w: Workspace) -> None:
+    shutil.copytree(REPO / "results" / "cpu", w.cwd / "results" / "cpu")
+    listing = w.cli("reproduce", "--profile", "cpu-full", "--dry-run").stdout
+    assert "  kept     nl2bash/ft-none seed 0 " in listing and "  to run   mbpp/gist" in listing
+    assert not (w.cwd / "results" / "cpu-full").exists()  # nothing recorded or written
+
+
+@case(
     "promptintern plan --profile paper [--tables 1,2,...] [--tasks T,...] [--models M,...] [--json]",
     "promptintern plan --profile paper [--models M,...] [--json]",
     sub="--models Llama2-7B,GPT-3.5-turbo-0125 --tables 7 --tasks nl2bash (the whole paper plan expands 360 rows, "

@@ -7,6 +7,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from promptintern.harness.dry_run import format_job_states, job_states
 from promptintern.harness.experiment import Experiment
 from promptintern.harness.reproduce import reproduce, reproduce_cmd
 from promptintern.harness.store import ResultsStore
@@ -283,6 +284,13 @@ def test_cli_writes_tables_and_prints_summary(tmp_path, tiny_model_dir):
     assert "Command: `promptintern reproduce --profile smoke --tables" in (out / "table9.md").read_text()
     with ResultsStore() as store:  # the default store under the (test) PROMPTINTERN_HOME
         assert [r.method for r in store.rows("9", "smoke")] == ["zero-shot"]
+    runner = CliRunner()
+    listed = runner.invoke(app, ["--profile", "smoke", "--tables", str(specs / "table9.yaml"), "--model",
+                                 str(tiny_model_dir), "--dry-run"])  # fmt: skip
+    assert listed.exit_code == 0, listed.output
+    assert "\n  done     nl2f/zero-shot  " in listed.stdout and listed.stdout.endswith("1 done; 0 cells not run by the sizing\n")
+    refused = runner.invoke(app, ["--dry-run", "--from-results", str(out)])
+    assert refused.exit_code != 0 and "--dry-run lists one model's experiments" in refused.output
 
 
 def test_seeded_rows_claims_export_and_rebuild_from_results(tmp_path, tiny_model_dir, monkeypatch):
@@ -295,9 +303,17 @@ def test_seeded_rows_claims_export_and_rebuild_from_results(tmp_path, tiny_model
     sizing.write_text(f"profiles:\n  smoke:\n    seeds: [0, 1]\n    seeded: [ft-none]\n    reuse: [{tmp_path / 'out'}]\n")
     out, model = tmp_path / "out", str(tiny_model_dir)
     kw = dict(model=model, out=out, spec_dir=specs, sizing=sizing, progress=False)
+
+    def states():  # --dry-run: what a run would do now, doing none of it
+        found = job_states("smoke", "9", model=model, spec_dir=specs, sizing=sizing)
+        return sorted((j["experiment"], j["state"]) for j in found["jobs"])
+
+    names = ["nl2f/ft-none seed 0", "nl2f/ft-none seed 1", "nl2f/zero-shot"]
+    assert states() == [(n, "to run") for n in names]
     with ResultsStore(tmp_path / "r.sqlite") as store:
         summary = reproduce("smoke", "9", store=store, **kw)
         rows = store.rows("9")
+    assert states() == [(n, "done") for n in names]
     assert summary["rows"] == {"ok": 3, "not run": 0, "failed": 0}
     seeds = sorted((r.method, r.seed) for r in rows)
     assert seeds == [("ft-none", 0), ("ft-none", 1), ("zero-shot", 0)]
@@ -320,6 +336,9 @@ def test_seeded_rows_claims_export_and_rebuild_from_results(tmp_path, tiny_model
         raise AssertionError("training ran again")
 
     monkeypatch.setattr("promptintern.training.trainer.train_progressive", no_training)
+    assert states() == [(n, "kept") for n in names]
+    listing = format_job_states(job_states("smoke", "9", model=model, spec_dir=specs, sizing=sizing))
+    assert listing.endswith("3 kept; 0 cells not run by the sizing\n") and "  kept     nl2f/ft-none seed 1  " in listing
     with ResultsStore(tmp_path / "r2.sqlite") as store:
         again = reproduce("smoke", "9", store=store, **kw)
         kept = {(r.method, r.seed): r.value for r in store.rows("9")}

@@ -438,9 +438,9 @@ def _render(store: ResultsStore, specs, out: Path, base: Profile, model: str, co
     return paths, rows
 
 
-def _archived(reuse: tuple[str, ...]) -> dict[str, RunRow]:
-    """Ok rows exported to the ``reuse`` folders (``rows.jsonl``: earlier sittings, other profiles), by settings
-    key (the first folder holding a key wins)."""
+def _archived(reuse: tuple[str, ...], status: str = "ok") -> dict[str, RunRow]:
+    """Rows of ``status`` exported to the ``reuse`` folders (``rows.jsonl``: earlier sittings, other profiles), by
+    settings key (the first folder holding a key wins); an ok row only with its run folder."""
     from promptintern.harness.archive import ArchiveError, read_rows
 
     found: dict[str, RunRow] = {}
@@ -451,8 +451,10 @@ def _archived(reuse: tuple[str, ...]) -> dict[str, RunRow]:
             print(f"ignoring {folder / ROWS_FILE}: {exc}", file=sys.stderr)
             continue
         for r in rows:
-            if r.status == "ok" and r.settings_key and r.directory:
-                found.setdefault(r.settings_key, r)
+            key = r.settings_key  # a row without a result has it in its provenance only
+            key = key if status == "ok" else key or (r.provenance or {}).get("settings_key")
+            if r.status == status and key and (r.directory or status != "ok"):
+                found.setdefault(key, r)
     return found
 
 
@@ -513,6 +515,24 @@ def _keep_held(held: list[RunRow], piece: list[RunRow], store: ResultsStore) -> 
     return kept
 
 
+def _setup(profile: str | Profile, tables, spec_dir, sizing, tasks, backend):
+    """(profile, specs, sizing, base profile) of a reproduce call: the sizing's overrides applied, ``tasks``
+    replacing every table's tasks (and the sizing's task subset), ``backend`` every experiment's."""
+    profile = load_profile(profile) if isinstance(profile, str) else profile
+    specs = load_specs(tables, spec_dir)
+    size = None if sizing is False else load_sizing(profile.name, None if sizing in (None, True) else sizing)
+    if tasks:
+        from promptintern.tasks import resolve_task
+
+        chosen = tuple(resolve_task(t) for t in tasks)
+        specs = [spec.model_copy(update={"tasks": chosen}) for spec in specs]
+        size = dataclasses.replace(size, tasks=None) if size else None
+    base = apply_overrides(profile, size.overrides if size else None)
+    if backend is not None:
+        base = apply_overrides(base, {"generation": {"backend": backend}})
+    return profile, specs, size, base
+
+
 def reproduce(
     profile: Profile | str,
     tables: str | Iterable[str | int] | None = None,
@@ -537,18 +557,7 @@ def reproduce(
     ``store``: default ``$PROMPTINTERN_HOME/results.sqlite``. ``out``: default ``results/<profile>``.
     """
     started = time.perf_counter()
-    profile = load_profile(profile) if isinstance(profile, str) else profile
-    specs = load_specs(tables, spec_dir)
-    size = None if sizing is False else load_sizing(profile.name, None if sizing in (None, True) else sizing)
-    if tasks:
-        from promptintern.tasks import resolve_task
-
-        chosen = tuple(resolve_task(t) for t in tasks)
-        specs = [spec.model_copy(update={"tasks": chosen}) for spec in specs]
-        size = dataclasses.replace(size, tasks=None) if size else None
-    base = apply_overrides(profile, size.overrides if size else None)
-    if backend is not None:
-        base = apply_overrides(base, {"generation": {"backend": backend}})
+    profile, specs, size, base = _setup(profile, tables, spec_dir, sizing, tasks, backend)
     price_list = load_prices(prices)
     model_name = model or base.model
     price_list.price(model_name)  # fail before any work if the model has no price and there is no default
@@ -709,6 +718,10 @@ def reproduce_cmd(
         "tables under results/<profile>/<model>/ and one row per model in table<id>-models.md (default for a "
         "profile that lists models and no --model: all of them).",
     ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="List every experiment and whether it is kept (exported by an earlier sitting), "
+        "done or started in this home, or still to run; run and record nothing.",
+    ),
     yes: bool = typer.Option(False, "--yes", help="Run even when the plan exceeds --max-gpu-hours or --max-usd."),
     max_gpu_hours: float = typer.Option(24.0, "--max-gpu-hours", help="Ask before a plan of more GPU hours."),
     max_usd: float = typer.Option(50.0, "--max-usd", help="Ask before a plan of more API dollars."),
@@ -720,6 +733,16 @@ def reproduce_cmd(
     import contextlib
 
     tasks = [*(tasks or ()), *(t.strip() for t in (tasks_list or "").split(",") if t.strip())]
+    if dry_run:
+        if from_results is not None or models:
+            raise typer.BadParameter("--dry-run lists one model's experiments: leave out --from-results and --models")
+        from promptintern.harness.dry_run import format_job_states, job_states
+
+        with contextlib.redirect_stdout(sys.stderr):
+            states = job_states(profile, tables, model=model, sizing=False if full else None, tasks=tasks or None,
+                                backend=backend)  # fmt: skip
+        typer.echo(format_job_states(states), nl=False)
+        return
     if from_results is not None:
         from promptintern.tasks import resolve_task
 
