@@ -314,6 +314,11 @@ def test_seeded_rows_claims_export_and_rebuild_from_results(tmp_path, tiny_model
         summary = reproduce("smoke", "9", store=store, **kw)
         rows = store.rows("9")
     assert states() == [(n, "done") for n in names]
+    ft0 = Path(next(r.directory for r in rows if r.method == "ft-none" and r.seed == 0)) / "scores.json"
+    ft0.rename(ft0.with_suffix(".moved"))  # its adapter stays: a run would only generate (no sizing: no reuse)
+    unsized = job_states("smoke", "9", model=model, spec_dir=specs, sizing=False)["jobs"]
+    assert {j["experiment"]: j["state"] for j in unsized} == {"nl2f/zero-shot": "done", "nl2f/ft-none": "trained"}
+    ft0.with_suffix(".moved").rename(ft0)
     assert summary["rows"] == {"ok": 3, "not run": 0, "failed": 0}
     seeds = sorted((r.method, r.seed) for r in rows)
     assert seeds == [("ft-none", 0), ("ft-none", 1), ("zero-shot", 0)]

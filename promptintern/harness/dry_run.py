@@ -13,14 +13,15 @@ from typing import Any
 from promptintern.harness.reproduce import _archived, _setup, plan
 from promptintern.profile import Profile
 
-STATES = ("kept", "done", "started", "to run", "not run", "error")
+STATES = ("kept", "done", "trained", "started", "to run", "not run", "error")
 
 
 def job_states(profile: str | Profile, tables=None, *, model: str | None = None, spec_dir=None, sizing=None,
                tasks: Iterable[str] | None = None, backend: str | None = None) -> dict[str, Any]:  # fmt: skip
     """What ``reproduce`` would do with the same arguments, doing none of it (``--dry-run``): per experiment
     ``kept`` (exported by an earlier sitting to a folder of the sizing's ``reuse``), ``done`` (finished in this
-    home), ``started`` (its adapter is partly trained in this home: the run resumes it), ``to run`` or
+    home), ``trained`` (its adapter is in this home, e.g. trained as another row's teacher: the run generates),
+    ``started`` (its adapter is partly trained in this home: the run resumes it), ``to run`` or
     ``error`` (the reason), or ``not run`` (an earlier sitting could not run it: its reason; the run tries
     again); and the cells the sizing does not run."""
     profile, specs, size, base = _setup(profile, tables, spec_dir, sizing, tasks, backend)
@@ -36,8 +37,9 @@ def job_states(profile: str | Profile, tables=None, *, model: str | None = None,
             state, where = "done", str(exp.directory)
         elif exp.key in archived:
             state, where = "kept", str(archived[exp.key].directory)
-        elif exp.trains and exp.train_directory.is_dir():
-            state, where = "started", str(exp.train_directory)
+        elif exp.trains and exp.train_directory.is_dir():  # its adapter, maybe trained for another row
+            trained = (exp.train_directory / "adapter").is_dir()
+            state, where = "trained" if trained else "started", str(exp.train_directory)
         elif exp.key in refused:
             state, where = "not run", refused[exp.key].reason
         jobs.append({"experiment": job.name, "state": state, "where": where})

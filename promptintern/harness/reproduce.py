@@ -720,7 +720,7 @@ def reproduce_cmd(
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="List every experiment and whether it is kept (exported by an earlier sitting), "
-        "done or started in this home, or still to run; run and record nothing.",
+        "done, trained or started in this home, or still to run; run and record nothing.",
     ),
     yes: bool = typer.Option(False, "--yes", help="Run even when the plan exceeds --max-gpu-hours or --max-usd."),
     max_gpu_hours: float = typer.Option(24.0, "--max-gpu-hours", help="Ask before a plan of more GPU hours."),
