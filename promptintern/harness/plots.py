@@ -27,6 +27,7 @@ from promptintern.harness.seeds import combine
 from promptintern.harness.store import RunRow
 from promptintern.methods.schedule import Schedule, example_counts
 from promptintern.profile import Profile
+from promptintern.tasks import task_title
 
 PATTERNS = ("linear", "exponential", "inverse_exponential")
 
@@ -96,7 +97,7 @@ def pareto_plot(rows: Sequence[RunRow], task: str, path: str | Path) -> Path | N
     front = pareto_front(list(zip(xs, ys, strict=True)))
     ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:red", label="Pareto front")
     metric = next(iter(points.values())).metric or "metric"
-    title = f"{task}: {metric} vs input tokens ({next(iter(points.values())).profile})"
+    title = f"{task_title(task)}: {metric} vs input tokens ({next(iter(points.values())).profile})"
     return _finish_tokens_plot(plt, fig, ax, path, title=title, ylabel=metric, legend="lower right")
 
 
@@ -165,7 +166,7 @@ def accuracy_plot(rows: Sequence[RunRow], task: str, path: str | Path) -> Path |
     ax.scatter([r.input_tokens_mean for r in points], [r.value for r in points], color="tab:blue", zorder=3)
     _label_points(ax, [(r.input_tokens_mean, r.value, _name(r)) for r in points])
     metric = points[0].metric or "metric"
-    title = f"{task}: {metric} vs input tokens ({points[0].profile})"
+    title = f"{task_title(task)}: {metric} vs input tokens ({points[0].profile})"
     return _finish_tokens_plot(plt, fig, ax, path, title=title, ylabel=f"{metric} (95 % interval)", legend=None)
 
 
@@ -187,7 +188,7 @@ def latency_plot(rows: Sequence[RunRow], task: str, path: str | Path) -> Path | 
         for r in ttft:
             ax.plot([r.input_tokens_mean] * 2, [r.ttft_s_mean, r.latency_s_mean], color="tab:gray", alpha=0.4)
     _label_points(ax, [(r.input_tokens_mean, r.latency_s_mean, _name(r)) for r in points])
-    title = f"{task}: latency vs input tokens ({points[0].profile})"
+    title = f"{task_title(task)}: latency vs input tokens ({points[0].profile})"
     return _finish_tokens_plot(plt, fig, ax, path, title=title, ylabel="seconds per request", legend="upper left")
 
 
