@@ -560,7 +560,7 @@ def show_prompts_cmd(
 
 from promptintern.harness.lm_eval_cli import lm_eval_cmd  # noqa: E402 (imports lm_eval only when run)
 from promptintern.harness.plan import plan_cmd  # noqa: E402
-from promptintern.harness.reproduce import reproduce_cmd  # noqa: E402
+from promptintern.harness.reproduce_cli import reproduce_cmd  # noqa: E402
 from promptintern.harness.submit_cli import data_export_cmd, leaderboard_cmd, submit_cmd  # noqa: E402
 
 app.command("lm-eval")(lm_eval_cmd)

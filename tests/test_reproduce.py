@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from promptintern.harness.dry_run import format_job_states, job_states
 from promptintern.harness.experiment import Experiment
-from promptintern.harness.reproduce import reproduce, reproduce_cmd
+from promptintern.harness.reproduce import reproduce
+from promptintern.harness.reproduce_cli import reproduce_cmd
 from promptintern.harness.store import ResultsStore
 from promptintern.harness.tables import SpecError
 from promptintern.profile import load_profile
@@ -184,7 +185,7 @@ def test_sizing_records_skipped_cells_as_not_run(tmp_path, tiny_model_dir):
 def test_sizing_row_overrides_give_one_row_more_test_instances(tmp_path, tiny_model_dir):
     """row_overrides reach only that row's experiments; its × uses the template-only prompt on its own test
     instances, the table marks its different n, and the provenance records the overrides."""
-    from promptintern.harness.reproduce import apply_overrides
+    from promptintern.harness.sizing import apply_overrides
 
     specs = _spec(tmp_path / "specs", 9, "{label: Query only, method: zero-shot}",
                   "{label: Full, method: zero-shot-full}")  # fmt: skip

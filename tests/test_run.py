@@ -158,7 +158,7 @@ def test_merge_adapter_enters_the_key_only_where_it_applies(smoke, monkeypatch):
 
 def test_table1_promptintern_row_serves_the_compressed_template(smoke, tiny_model_dir):
     """Table 1 / Table 5 "w/ τ = 0.3": linear 1 -> 0.3, the 0.3 template kept at the last stage and at inference."""
-    from promptintern.harness.reproduce import apply_overrides
+    from promptintern.harness.sizing import apply_overrides
     from promptintern.harness.tables import load_spec
 
     row = next(r for r in load_spec(1).rows if r.method == "promptintern")
@@ -228,7 +228,7 @@ def test_task_sections_are_typed_and_override_the_shared_ones():
     cpu = load_profile("cpu")
     assert cpu.generation_for("mbpp").max_new_tokens == 256 and cpu.generation_for("mbpp").merge_adapter is True
     assert cpu.generation_for("nl2bash").max_new_tokens is None
-    from promptintern.harness.reproduce import apply_overrides
+    from promptintern.harness.sizing import apply_overrides
 
     with pytest.raises(ProfileError, match=r"tasks\.sql: unknown task"):
         apply_overrides(cpu, {"tasks": {"sql": {"shots": 1}}})

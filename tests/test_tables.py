@@ -5,7 +5,8 @@ import json
 import pytest
 
 from promptintern.harness.experiment import METHODS
-from promptintern.harness.reproduce import Sizing, apply_overrides, load_sizing, tau_all
+from promptintern.harness.reproduce import tau_all
+from promptintern.harness.sizing import Sizing, apply_overrides, load_sizing
 from promptintern.harness.store import ResultsStore, RunRow
 from promptintern.harness.tables import (
     RowSpec,

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from promptintern.harness.reproduce import _archived, _setup, plan
+from promptintern.harness.reproduce import _archived, _setup
+from promptintern.harness.sizing import plan
 from promptintern.profile import Profile
 
 STATES = ("kept", "done", "trained", "started", "to run", "not run", "error")

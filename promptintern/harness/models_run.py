@@ -45,7 +45,7 @@ def reproduce_models(
 ) -> list[dict[str, Any]]:
     """``run`` (:func:`promptintern.harness.reproduce.reproduce`) once per model into ``out/<model>/``, then the
     per-model tables into ``out``; returns the runs' summaries."""
-    from promptintern.harness.reproduce import apply_overrides
+    from promptintern.harness.sizing import apply_overrides
 
     summaries = []
     for model in models:

@@ -1,6 +1,6 @@
 """``promptintern plan``: what reproducing the paper's tables would cost, before anything runs.
 
-Every experiment of the tables (the harness's own expansion, :func:`promptintern.harness.reproduce.plan`, with
+Every experiment of the tables (the harness's own expansion, :func:`promptintern.harness.sizing.plan`, with
 the profile's reproduce sizing) is listed once per model of the profile (``models:``; the profile's ``model``
 when it has none), with:
 
@@ -50,7 +50,7 @@ import typer
 import yaml
 
 from promptintern.errors import UserError
-from promptintern.harness.reproduce import profile_option, tables_option
+from promptintern.harness.reproduce_cli import profile_option, tables_option
 from promptintern.profile import ModelSpec, Profile, TrainSpec, load_profile
 from promptintern.training.openai_ft import FINETUNE_PRICES_FILE
 
@@ -249,7 +249,7 @@ def api_cost(model: ModelSpec, training_tokens: float, input_tokens: float, outp
 def _expansion(profile_name: str, tables: tuple[str, ...] | None, tasks: tuple[str, ...] | None):
     """(profile with its sizing's overrides, jobs) from the harness's own expansion, for the profile's model
     (the expansion does not depend on the model; computing it once keeps the plan quick)."""
-    from promptintern.harness.reproduce import apply_overrides, load_sizing, plan
+    from promptintern.harness.sizing import apply_overrides, load_sizing, plan
     from promptintern.harness.tables import load_specs
 
     profile = load_profile(profile_name)

@@ -23,25 +23,20 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-
-import typer
-import yaml
 
 from promptintern import logs
 from promptintern.evaluation.cost import Prices, load_prices
 from promptintern.harness.archive import ROWS_FILE, export_runs
 from promptintern.harness.provenance import collect, utc_now
+from promptintern.harness.sizing import Job, apply_overrides, load_sizing, plan
 from promptintern.harness.store import ResultsStore, RunRow
 from promptintern.harness.tables import (
-    SPEC_DIR,
     RowSpec,
     SpecError,
     TableSpec,
@@ -49,189 +44,12 @@ from promptintern.harness.tables import (
     render_all,
 )
 from promptintern.io import append_jsonl, write_json
-from promptintern.profile import Profile, ProfileError, deep_merge, load_profile, validate_profile
+from promptintern.profile import Profile, ProfileError, load_profile
 
-SIZING_FILE = SPEC_DIR / "reproduce.yaml"
 FULL_PROMPT = "zero-shot-full"
 TEMPLATE_ONLY = "ft-template"
 #: Price-file lines of the paper's fine-tuned API models, used for the cost columns of every row.
 FT_GPT35, FT_GPT4 = "ft:gpt-3.5-turbo", "ft:gpt-4"
-
-
-# -- profile overrides ----------------------------------------------------------------------------------
-
-
-def apply_overrides(profile: Profile, overrides: Mapping[str, Any] | None) -> Profile:
-    """A copy of ``profile`` with ``overrides`` deep-merged and re-validated; ``name`` is kept."""
-    if not overrides:
-        return profile
-    if not isinstance(overrides, Mapping):
-        raise ProfileError(f"profile overrides must be a mapping, got {type(overrides).__name__}")
-    if "name" in overrides and overrides["name"] != profile.name:
-        raise ProfileError(
-            "profile overrides may not change 'name' (runs stay under the profile's directory)"
-        )
-    merged = deep_merge(profile.model_dump(), overrides) | {"name": profile.name}
-    return validate_profile(merged, f"overrides {json.dumps(overrides, default=str)} of profile {profile.name!r}")
-
-
-# -- sizing ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sizing:
-    """A profile's reproduce section: tasks that run, overrides for every experiment, rows skipped."""
-
-    profile: str
-    tasks: tuple[str, ...] | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    skip: tuple[str, ...] = ()
-    reason: str = "skipped by the profile's reproduce sizing"
-    source: str = ""
-    #: Training seeds of the ``seeded`` rows ("method" or "method/variant"); other rows use the profile's seed.
-    seeds: tuple[int, ...] = ()
-    seeded: tuple[str, ...] = ()
-    #: Results folders (this profile's own, for a run in pieces over several sittings, or another profile's,
-    #: e.g. ``results/cpu``) whose exported experiments are kept when one has the same settings key as a job
-    #: here: the key covers model, data subsets, method and settings, so it is the same experiment; the copy is
-    #: exported into this profile's folder with the rest. Empty (the cpu profile): every experiment runs, as a
-    #: reproduction from a fresh clone should, and Table 8 can serve every trained adapter.
-    reuse: tuple[str, ...] = ()
-    #: Overrides of single rows ("method" or "method/variant" -> overrides), merged over ``overrides`` for that
-    #: row's experiments only, e.g. more test instances for the rows of a claim that needs the power. The row's
-    #: own variant overrides still come last (they define the variant).
-    row_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def overrides_for(self, row: RowSpec) -> dict[str, Any]:
-        return dict(self.row_overrides.get(row.id) or {})
-
-    def seeds_for(self, row: RowSpec, default: int) -> tuple[int, ...]:
-        return self.seeds if self.seeds and row.id in self.seeded else (default,)
-
-    def skips(self, row: RowSpec) -> bool:
-        return row.id in self.skip or (bool(row.variant) and f"{row.method}/*" in self.skip)
-
-    def skips_task(self, task: str) -> bool:
-        return self.tasks is not None and task not in self.tasks
-
-
-def load_sizing(profile: str, path: str | Path | None = None) -> Sizing | None:
-    """The sizing of ``profile`` from ``path`` (default ``benchmarks/tables/reproduce.yaml``), or None."""
-    path = Path(path) if path is not None else SIZING_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpecError(f"{path}: {exc}") from exc
-    entry = (data.get("profiles") or {}).get(profile)
-    if entry is None:
-        return None
-    keys = {"tasks", "overrides", "skip", "reason", "seeds", "seeded", "reuse", "row_overrides"}
-    unknown = sorted(set(entry) - keys)
-    if unknown:
-        raise SpecError(f"{path}: profiles.{profile}: unknown key(s) {', '.join(unknown)}")
-    tasks = entry.get("tasks")
-    return Sizing(
-        profile=profile,
-        tasks=None if tasks is None else tuple(tasks),
-        overrides=dict(entry.get("overrides") or {}),
-        skip=tuple(entry.get("skip") or ()),
-        reason=" ".join(str(entry.get("reason") or Sizing.reason).split()),
-        source=str(path),
-        seeds=tuple(int(x) for x in entry.get("seeds") or ()),
-        seeded=tuple(entry.get("seeded") or ()),
-        reuse=tuple(str(x) for x in entry.get("reuse") or ()),
-        row_overrides=_row_overrides(entry.get("row_overrides"), f"{path}: profiles.{profile}.row_overrides"),
-    )
-
-
-def _row_overrides(value: Any, where: str) -> dict[str, dict[str, Any]]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
-        raise SpecError(f"{where}: must map a row (\"method\" or \"method/variant\") to overrides")
-    return {str(k): dict(v) for k, v in value.items()}
-
-
-# -- planning -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Job:
-    """One distinct experiment and the table rows that show it."""
-
-    task: str
-    row: RowSpec
-    seed: int = 0
-    cells: list[tuple[TableSpec, RowSpec]] = field(default_factory=list)
-    experiment: Any = None
-    error: str | None = None
-    #: Whether the profile's reproduce sizing trains this row with several seeds (the name then says which).
-    seeded: bool = False
-    #: The row's overrides: the sizing's for this row, then the variant's (recorded in the provenance).
-    overrides: dict[str, Any] | None = None
-
-    @property
-    def profile(self) -> Profile | None:
-        return self.experiment.profile if self.experiment is not None else None
-
-    @property
-    def name(self) -> str:
-        return f"{self.task}/{self.row.id}" + (f" seed {self.seed}" if self.seeded else "")
-
-
-@dataclass
-class Plan:
-    jobs: list[Job]
-    fixed: list[tuple[TableSpec, RowSpec, str, str]]  # (spec, row, task, reason): recorded as 'not run'
-
-
-def _check_variants(specs: Iterable[TableSpec]) -> None:
-    seen: dict[str, tuple[dict, str]] = {}
-    for spec in specs:
-        for row in spec.rows:
-            if row.id in seen and seen[row.id][0] != row.overrides:
-                raise SpecError(
-                    f"variant {row.id!r} has different overrides in {seen[row.id][1]} and {spec.path}; "
-                    "give one of them another variant name"
-                )
-            seen.setdefault(row.id, (row.overrides, spec.path))
-
-
-def plan(specs: list[TableSpec], base: Profile, model: str | None, sizing: Sizing | None) -> Plan:
-    """Distinct experiments for every (table, row, task) cell, plus the cells the sizing skips."""
-    from promptintern.harness.experiment import Experiment
-
-    _check_variants(specs)
-    jobs: dict[Any, Job] = {}
-    fixed = []
-    for spec in specs:
-        for row in spec.rows:
-            for task in spec.tasks:
-                if sizing and sizing.skips_task(task):
-                    why = f"task {task} is not in the {sizing.profile} profile's reproduce subset"
-                    fixed.append(
-                        (spec, row, task, f"{why} ({', '.join(sizing.tasks or ())}); {sizing.reason}")
-                    )
-                    continue
-                if sizing and sizing.skips(row):
-                    fixed.append((spec, row, task, sizing.reason))
-                    continue
-                seeds = sizing.seeds_for(row, base.seed) if sizing else (base.seed,)
-                sized = deep_merge(sizing.overrides_for(row), row.overrides or {}) if sizing else row.overrides
-                for seed in seeds:
-                    job = Job(task, row, seed, seeded=len(seeds) > 1, overrides=sized or None)
-                    try:
-                        profile = apply_overrides(base, {**(sized or {}), "seed": seed})
-                        exp = Experiment(task, row.method, profile, model)
-                        ident: Any = (exp.directory, row.variant)
-                        job.experiment = exp
-                    except Exception as exc:  # noqa: BLE001 - a bad variant fails its rows, not the run
-                        job.error = f"{type(exc).__name__}: {exc}"
-                        ident = ("error", task, row.id, seed)
-                    jobs.setdefault(ident, job).cells.append((spec, row))
-    return Plan(list(jobs.values()), fixed)
 
 
 # -- running --------------------------------------------------------------------------------------------
@@ -672,132 +490,3 @@ def reproduce(
     finally:
         if own_store:
             store.close()
-
-
-def profile_option(default: str):
-    return typer.Option(default, "--profile", help="smoke, cpu, paper, or a profile YAML path.")
-
-
-def tables_option():
-    return typer.Option("1,2,3,4,5,6,7,8", "--tables", help="Comma-separated paper table numbers.")
-
-
-def reproduce_cmd(
-    profile: str = profile_option("cpu"),
-    tables: str = tables_option(),
-    out: Path | None = typer.Option(None, "--out", help="Output folder (default: results/<profile>)."),
-    prices: Path | None = typer.Option(
-        None, "--prices", help="Price YAML merged over promptintern/evaluation/prices.yaml."
-    ),
-    model: str | None = typer.Option(
-        None, "--model", help="Override the profile's model: 'embedded', a HF id or a path."
-    ),
-    full: bool = typer.Option(
-        False, "--full", help="Ignore benchmarks/tables/reproduce.yaml (all tasks and rows)."
-    ),
-    tasks: list[str] = typer.Option(
-        None, "--task", "-t", help="A task name or folder replacing the tables' tasks; repeatable."
-    ),
-    tasks_list: str | None = typer.Option(
-        None, "--tasks", help="Comma-separated task names or folders (the same as repeating --task)."
-    ),
-    backend: str | None = typer.Option(
-        None,
-        "--backend",
-        help="Generation backend of every experiment: hf, llamacpp, openai or auto (default: the profile's).",
-    ),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress output on stderr."),
-    from_results: Path | None = typer.Option(
-        None,
-        "--from-results",
-        help="Rebuild the store, tables, plots and claims from an exported results folder (e.g. results/cpu-full) "
-        "without training or generating; with --tasks, only those tasks' rows (merging a piece into --out).",
-    ),
-    models: str | None = typer.Option(
-        None, "--models", help="Comma-separated models of the profile (ids or paper names): one run per model, "
-        "tables under results/<profile>/<model>/ and one row per model in table<id>-models.md (default for a "
-        "profile that lists models and no --model: all of them).",
-    ),
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="List every experiment and whether it is kept (exported by an earlier sitting), "
-        "done, trained or started in this home, or still to run; run and record nothing.",
-    ),
-    yes: bool = typer.Option(False, "--yes", help="Run even when the plan exceeds --max-gpu-hours or --max-usd."),
-    max_gpu_hours: float = typer.Option(24.0, "--max-gpu-hours", help="Ask before a plan of more GPU hours."),
-    max_usd: float = typer.Option(50.0, "--max-usd", help="Ask before a plan of more API dollars."),
-) -> None:
-    """Run every experiment of the paper tables (cached), record them in the results store, render tables.
-
-    A profile that lists models (``paper``) is priced first (``promptintern plan``): over ``--max-gpu-hours`` or
-    ``--max-usd`` it asks on a terminal and stops elsewhere unless ``--yes``."""
-    import contextlib
-
-    tasks = [*(tasks or ()), *(t.strip() for t in (tasks_list or "").split(",") if t.strip())]
-    if dry_run:
-        if from_results is not None or models:
-            raise typer.BadParameter("--dry-run lists one model's experiments: leave out --from-results and --models")
-        from promptintern.harness.dry_run import format_job_states, job_states
-
-        with contextlib.redirect_stdout(sys.stderr):
-            states = job_states(profile, tables, model=model, sizing=False if full else None, tasks=tasks or None,
-                                backend=backend)  # fmt: skip
-        typer.echo(format_job_states(states), nl=False)
-        return
-    if from_results is not None:
-        from promptintern.tasks import resolve_task
-
-        names = [resolve_task(t) for t in tasks]
-        command = (f"promptintern reproduce --from-results {from_results}" + (f" --out {out}" if out else "")
-                   + (f" --tasks {','.join(names)}" if names else ""))  # fmt: skip
-        with contextlib.redirect_stdout(sys.stderr):
-            summary = rebuild(from_results, specs=load_specs(tables), out=out, command=command, tasks=names)
-        typer.echo(json.dumps(summary, indent=2))
-        return
-
-    base = load_profile(profile)
-    names = [m.strip() for m in (models or "").split(",") if m.strip()]
-    chosen = None
-    if names or (base.models and model is None):
-        from promptintern.harness.plan import profile_models
-
-        chosen = profile_models(base, names)
-    if base.models:
-        from promptintern.harness.plan import build_plan, confirm_plan, format_table
-
-        planned = [m.id for m in chosen] if chosen else [model] if model else None
-        with contextlib.redirect_stdout(sys.stderr):
-            estimate = build_plan(profile, tables, tasks or None, planned)
-        typer.echo(format_table(estimate), err=True)
-        confirm_plan(estimate, max_gpu_hours, max_usd, yes)  # raises PlanNotConfirmed (a one-line error)
-
-    parts = ["promptintern reproduce", f"--profile {profile}", f"--tables {tables}"]
-    parts += [f"--{k} {v}" for k, v in (("out", out), ("prices", prices), ("model", model)) if v is not None]
-    parts += ["--full"] if full else []
-    parts += [f"--task {t}" for t in tasks or ()]
-    parts += [f"--backend {backend}"] if backend else []
-    options = dict(progress=not quiet, prices=prices, sizing=False if full else None, tasks=tasks or None,
-                   backend=backend)  # fmt: skip
-    if chosen is not None:
-        from promptintern.harness.models_run import reproduce_models
-
-        parts += [f"--models {models}"] if models else []
-        with contextlib.redirect_stdout(sys.stderr), ResultsStore() as store:
-            runs = reproduce_models(reproduce, base, chosen, Path(out) if out else Path("results") / base.name,
-                                    load_specs(tables), store, tables=tables, command=" ".join(parts), **options)  # fmt: skip
-        keep = ("profile", "model", "rows", "wall_s")
-        typer.echo(json.dumps([{k: summary[k] for k in keep} for summary in runs], indent=2))
-        return
-    with contextlib.redirect_stdout(sys.stderr):  # library chatter stays off stdout
-        summary = reproduce(
-            profile,
-            tables,
-            progress=not quiet,
-            model=model,
-            out=out,
-            prices=prices,
-            sizing=False if full else None,
-            command=" ".join(parts),
-            tasks=tasks or None,
-            backend=backend,
-        )
-    typer.echo(json.dumps({k: summary[k] for k in ("profile", "model", "rows", "wall_s", "files")}, indent=2))
