@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from promptintern.harness.reproduce import _archived, _setup
+from promptintern.harness.reproduce import archived_rows, setup_run
 from promptintern.harness.sizing import plan
 from promptintern.profile import Profile
 
@@ -25,10 +25,10 @@ def job_states(profile: str | Profile, tables=None, *, model: str | None = None,
     ``started`` (its adapter is partly trained in this home: the run resumes it), ``to run`` or
     ``error`` (the reason), or ``not run`` (an earlier sitting could not run it: its reason; the run tries
     again); and the cells the sizing does not run."""
-    profile, specs, size, base = _setup(profile, tables, spec_dir, sizing, tasks, backend)
+    profile, specs, size, base = setup_run(profile, tables, spec_dir, sizing, tasks, backend)
     work = plan(specs, base, model, size)
-    archived = _archived(size.reuse if size else ())
-    refused = _archived(size.reuse if size else (), status="not run")
+    archived = archived_rows(size.reuse if size else ())
+    refused = archived_rows(size.reuse if size else (), status="not run")
     jobs = []
     for job in work.jobs:
         exp, state, where = job.experiment, "to run", None

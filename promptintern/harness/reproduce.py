@@ -256,7 +256,7 @@ def _render(store: ResultsStore, specs, out: Path, base: Profile, model: str, co
     return paths, rows
 
 
-def _archived(reuse: tuple[str, ...], status: str = "ok") -> dict[str, RunRow]:
+def archived_rows(reuse: tuple[str, ...], status: str = "ok") -> dict[str, RunRow]:
     """Rows of ``status`` exported to the ``reuse`` folders (``rows.jsonl``: earlier sittings, other profiles), by
     settings key (the first folder holding a key wins); an ok row only with its run folder."""
     from promptintern.harness.archive import ArchiveError, read_rows
@@ -333,7 +333,7 @@ def _keep_held(held: list[RunRow], piece: list[RunRow], store: ResultsStore) -> 
     return kept
 
 
-def _setup(profile: str | Profile, tables, spec_dir, sizing, tasks, backend):
+def setup_run(profile: str | Profile, tables, spec_dir, sizing, tasks, backend):
     """(profile, specs, sizing, base profile) of a reproduce call: the sizing's overrides applied, ``tasks``
     replacing every table's tasks (and the sizing's task subset), ``backend`` every experiment's."""
     profile = load_profile(profile) if isinstance(profile, str) else profile
@@ -375,7 +375,7 @@ def reproduce(
     ``store``: default ``$PROMPTINTERN_HOME/results.sqlite``. ``out``: default ``results/<profile>``.
     """
     started = time.perf_counter()
-    profile, specs, size, base = _setup(profile, tables, spec_dir, sizing, tasks, backend)
+    profile, specs, size, base = setup_run(profile, tables, spec_dir, sizing, tasks, backend)
     price_list = load_prices(prices)
     model_name = model or base.model
     price_list.price(model_name)  # fail before any work if the model has no price and there is no default
@@ -404,7 +404,7 @@ def reproduce(
             )
         full_tokens = ReferenceTokens(base, model, FULL_PROMPT)
         template_tokens = ReferenceTokens(base, model, TEMPLATE_ONLY)
-        archived = _archived(size.reuse if size else ())
+        archived = archived_rows(size.reuse if size else ())
         log = []
         for i, job in enumerate(work.jobs, 1):
             kept = _from_archive(job, archived, store)
